@@ -1,0 +1,3 @@
+"""hfssl: self-supervised pretraining on the Hugging Face stack."""
+
+__version__ = "0.1.0"

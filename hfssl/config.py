@@ -1,0 +1,139 @@
+"""Configuration dataclasses shared by the recipes.
+
+Field names follow the transformers example scripts (``run_clm.py``, ``run_mlm.py``) and
+``transformers.TrainingArguments`` so the flags are familiar. Recipes add their own small
+dataclass for objective-specific options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+_MIXED_PRECISION = ("no", "fp16", "bf16")
+_HUB_STRATEGIES = ("end", "every_save", "checkpoint")
+_REPORT_TO = ("none", "tensorboard", "wandb", "all")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Continue pretraining from this checkpoint (dir or Hub id)."}
+    )
+    model_type: Optional[str] = field(
+        default=None, metadata={"help": "Architecture when training from scratch, e.g. gpt2, llama, bert."}
+    )
+    model_size: str = field(default="tiny", metadata={"help": "Size preset: tiny, mini, small or base."})
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": 'Override preset fields, e.g. "num_hidden_layers=2,hidden_size=64".'},
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer dir or Hub id (default: the model's, or one trained on the corpus)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config."})
+    train_file: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Local files or globs (.txt, .jsonl/.json, .parquet, .csv, optionally .gz)."},
+    )
+    validation_file: Optional[list[str]] = field(default=None, metadata={"help": "Validation files or globs."})
+    validation_split_documents: int = field(
+        default=0,
+        metadata={"help": "Hold out this many leading documents of the training stream for validation."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text (jsonl/csv/parquet/Hub)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per training sequence."})
+    encoding_errors: str = field(
+        default="strict", metadata={"help": "strict (fail on non-UTF-8 input) or replace."}
+    )
+    shuffle_buffer_size: int = field(
+        default=0, metadata={"help": "Streaming shuffle buffer (examples); 0 keeps corpus order."}
+    )
+    min_document_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this."})
+    strip_gutenberg: bool = field(
+        default=True, metadata={"help": "Strip Project Gutenberg licence headers and footers."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training stream."})
+    preprocessing_num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
+
+    def __post_init__(self) -> None:
+        if self.encoding_errors not in ("strict", "replace"):
+            raise ValueError(f"--encoding_errors must be strict or replace, got {self.encoding_errors!r}")
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        if self.dataset_name and self.train_file:
+            raise ValueError("give either --dataset_name or --train_file, not both")
+
+
+@dataclass
+class HubArguments:
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the exported model to the Hub."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Repo id, e.g. user/my-model."})
+    hub_token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the saved login). Never saved."}
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    hub_revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to."})
+    hub_strategy: str = field(
+        default="end", metadata={"help": "end, every_save or checkpoint (as transformers.Trainer)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.hub_strategy not in _HUB_STRATEGIES:
+            raise ValueError(f"--hub_strategy must be one of {', '.join(_HUB_STRATEGIES)}")
+
+
+@dataclass
+class TrainingArguments(HubArguments):
+    output_dir: str = field(default="out", metadata={"help": "Where checkpoints, logs and the export go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh even if output_dir holds checkpoints."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides num_train_epochs if > 0."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training stream."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per micro-batch."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device for evaluation."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/norms)."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers.get_scheduler name."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps (overrides warmup_ratio)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of max_steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps; 0 never."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "'latest' or a checkpoint directory."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps; 0 only at the end."})
+    max_eval_batches: int = field(default=50, metadata={"help": "Cap on validation batches per evaluation."})
+    report_to: str = field(default="none", metadata={"help": "none, tensorboard, wandb or all."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mixed_precision not in _MIXED_PRECISION:
+            raise ValueError(f"--mixed_precision must be one of {', '.join(_MIXED_PRECISION)}")
+        if self.report_to not in _REPORT_TO:
+            raise ValueError(f"--report_to must be one of {', '.join(_REPORT_TO)}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("--gradient_accumulation_steps must be >= 1")
+        if self.per_device_train_batch_size < 1:
+            raise ValueError("--per_device_train_batch_size must be >= 1")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("set --max_steps > 0 or --num_train_epochs > 0")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/my-model)")

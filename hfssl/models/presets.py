@@ -1,0 +1,107 @@
+"""Size presets per model family, built as stock transformers configs.
+
+``tiny`` exists so every recipe runs on a CPU in seconds; ``base`` matches the published
+GPT-2 124M / BERT-base shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from hfssl.errors import ConfigError
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "gpt2": {
+        "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2},
+        "mini": {"n_layer": 4, "n_embd": 256, "n_head": 4},
+        "small": {"n_layer": 6, "n_embd": 512, "n_head": 8},
+        "base": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    },
+    "llama": {
+        "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
+                 "num_key_value_heads": 2, "intermediate_size": 176},
+        "mini": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+                 "num_key_value_heads": 4, "intermediate_size": 688},
+        "small": {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8,
+                  "num_key_value_heads": 8, "intermediate_size": 1376},
+        "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
+                 "num_key_value_heads": 12, "intermediate_size": 2048},
+    },
+    "bert": {
+        "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256},
+        "mini": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+        "small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048},
+        "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+    },
+}
+
+_POSITION_FIELD = {"gpt2": "n_positions", "llama": "max_position_embeddings", "bert": "max_position_embeddings"}
+
+
+def _coerce(value: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if current is None:
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def parse_config_overrides(overrides: str | None, config: PretrainedConfig) -> dict[str, Any]:
+    """Parse ``"num_hidden_layers=2,hidden_size=64"`` with types taken from ``config``."""
+    result: dict[str, Any] = {}
+    if not overrides:
+        return result
+    for item in overrides.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--config_overrides item {item!r} is not key=value")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if not hasattr(config, key):
+            raise ConfigError(f"--config_overrides: {type(config).__name__} has no field {key!r}")
+        try:
+            result[key] = _coerce(value, getattr(config, key))
+        except ValueError as exc:
+            raise ConfigError(f"--config_overrides {key}: {exc}") from None
+    return result
+
+
+def build_config(
+    model_type: str,
+    model_size: str = "tiny",
+    *,
+    vocab_size: int,
+    max_position_embeddings: int | None = None,
+    config_overrides: str | None = None,
+    **extra: Any,
+) -> PretrainedConfig:
+    """Stock transformers config for ``model_type`` at ``model_size``, with overrides applied."""
+    if model_type not in PRESETS:
+        raise ConfigError(f"unknown --model_type {model_type!r}; choose from {', '.join(PRESETS)}")
+    sizes = PRESETS[model_type]
+    if model_size not in sizes:
+        raise ConfigError(f"unknown --model_size {model_size!r}; choose from {', '.join(sizes)}")
+    kwargs: dict[str, Any] = dict(sizes[model_size])
+    kwargs["vocab_size"] = vocab_size
+    if max_position_embeddings is not None:
+        kwargs[_POSITION_FIELD[model_type]] = max_position_embeddings
+    kwargs.update(extra)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    for key, value in parse_config_overrides(config_overrides, config).items():
+        setattr(config, key, value)
+    return config

@@ -1,0 +1,3 @@
+from hfssl.objectives.base import Objective, ObjectiveOutput
+
+__all__ = ["Objective", "ObjectiveOutput"]
