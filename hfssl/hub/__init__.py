@@ -1,0 +1,14 @@
+"""Hub export: model cards (config, data, results, loss plot) and pushes of a run's output directory."""
+
+from hfssl.hub.card import build_model_card, write_model_card
+from hfssl.hub.upload import HubError, latest_checkpoint, plan_upload, push_output_dir, validate_repo_id
+
+__all__ = [
+    "HubError",
+    "build_model_card",
+    "latest_checkpoint",
+    "plan_upload",
+    "push_output_dir",
+    "validate_repo_id",
+    "write_model_card",
+]
