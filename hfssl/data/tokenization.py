@@ -1,0 +1,127 @@
+"""Fast streaming tokenization of documents: the shared first stage of packing and sentence pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from hfssl.errors import ConfigError
+
+DOC_BATCH_SIZE = 64  # documents per encode_batch call: enough to amortise the Python <-> Rust crossing
+MAX_BATCH_CHARS = (
+    256_000  # ... but a bounded amount of text per call, so peak memory does not grow with documents
+)
+MAX_PIECE_CHARS = 100_000  # longer documents (whole books) are encoded in pieces of about this size
+
+
+def backend_copy(tokenizer):
+    """A private copy of a fast tokenizer's Rust backend with truncation and padding off.
+
+    The transformers wrapper re-applies truncation/padding on every call, so the shared backend may carry
+    whatever the last call left; a copy makes our encoding independent of it (and thread-safe).
+    Returns ``None`` for slow (pure Python) tokenizers.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def make_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """A function encoding a list of texts to token ids without special tokens, as fast as the tokenizer allows."""
+    backend = backend_copy(tokenizer)
+    if backend is None:
+
+        def encode_slow(batch: list[str]) -> list[list[int]]:
+            return tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []
+
+        return encode_slow
+    # encode_batch_fast skips offset tracking, which we never use.
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def encode_fast(batch: list[str]) -> list[list[int]]:
+        return [enc.ids for enc in encode(batch, add_special_tokens=False)]
+
+    return encode_fast
+
+
+def split_long_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
+    """Cut ``text`` into pieces of at most ~``max_chars`` characters, each cut just before a whitespace
+    that follows a non-whitespace character.
+
+    Byte-level BPE (GPT-2's pre-tokenizer regex) and BERT's pre-tokenizer never join a word with the
+    whitespace after it, so encoding the pieces separately gives exactly the ids of the whole text.
+    (SentencePiece-style Metaspace tokenizers add a leading "▁" to each piece: one extra token per cut.)
+    Text without any such boundary in a window is cut hard at ``max_chars``.
+    """
+    if len(text) <= max_chars:
+        return [text]
+    pieces = []
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(" ", start + 1, end), text.rfind("\n", start + 1, end))
+        while cut > start + 1 and text[cut - 1].isspace():
+            cut -= 1  # back up to the start of the whitespace run
+        if cut <= start or text[cut - 1].isspace() or not text[cut].isspace():
+            cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def iter_token_chunks(
+    texts: Iterable[str],
+    tokenizer,
+    batch_size: int = DOC_BATCH_SIZE,
+    max_batch_chars: int = MAX_BATCH_CHARS,
+    max_piece_chars: int = MAX_PIECE_CHARS,
+) -> Iterator[tuple[list[int], bool, bool]]:
+    """``(ids, starts_document, ends_document)`` for each text, in order, in pieces of bounded size.
+
+    Memory stays bounded whatever the document sizes: the Rust ``Encoding`` objects cost a few hundred
+    bytes per token while they exist, so calls end at ``batch_size`` pieces or ``max_batch_chars``
+    characters, and documents longer than ``max_piece_chars`` are encoded in pieces (see
+    :func:`split_long_text`). Empty documents yield one empty chunk that starts and ends them.
+    """
+    encode = make_encoder(tokenizer)
+    batch: list[str] = []
+    flags: list[tuple[bool, bool]] = []
+    chars = 0
+    for text in texts:
+        pieces = split_long_text(text, max_piece_chars)
+        for i, piece in enumerate(pieces):
+            batch.append(piece)
+            flags.append((i == 0, i == len(pieces) - 1))
+            chars += len(piece)
+            if len(batch) >= batch_size or chars >= max_batch_chars:
+                yield from ((ids, start, end) for ids, (start, end) in zip(encode(batch), flags))
+                batch, flags, chars = [], [], 0
+    if batch:
+        yield from ((ids, start, end) for ids, (start, end) in zip(encode(batch), flags))
+
+
+def iter_token_ids(texts: Iterable[str], tokenizer, batch_size: int = DOC_BATCH_SIZE) -> Iterator[list[int]]:
+    """Token ids (no special tokens) of each whole text, in order (see :func:`iter_token_chunks`)."""
+    current: list[int] = []
+    for ids, _, ends in iter_token_chunks(texts, tokenizer, batch_size):
+        current.extend(ids)
+        if ends:
+            yield current
+            current = []
+
+
+def require_token_id(tokenizer, *names: str) -> int:
+    """The id of the first of ``names`` (e.g. ``"eos_token"``) the tokenizer defines."""
+    for name in names:
+        token_id = getattr(tokenizer, f"{name}_id", None)
+        if token_id is not None:
+            return int(token_id)
+    raise ConfigError(
+        f"the tokenizer has no {' or '.join(names)}; train one with recipes/train_tokenizer.py or set it"
+    )
