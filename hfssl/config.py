@@ -32,6 +32,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "Tokenizer dir or Hub id (default: the model's, or one trained on the corpus)."},
     )
+    vocab_size: int = field(
+        default=8000, metadata={"help": "Vocabulary size of the tokenizer trained when no --tokenizer_name is given."}
+    )
 
 
 @dataclass
@@ -49,6 +52,10 @@ class DataArguments:
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the text (jsonl/csv/parquet/Hub)."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per training sequence."})
+    document_boundaries: bool = field(
+        default=False,
+        metadata={"help": "CLM packing: restart position_ids at each document so attention stays inside it."},
+    )
     encoding_errors: str = field(
         default="strict", metadata={"help": "strict (fail on non-UTF-8 input) or replace."}
     )
@@ -119,7 +126,9 @@ class TrainingArguments(HubArguments):
     )
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps; 0 only at the end."})
-    max_eval_batches: int = field(default=50, metadata={"help": "Cap on validation batches per evaluation."})
+    max_eval_batches: int = field(
+        default=50, metadata={"help": "Cap on validation batches per process per evaluation; 0 evaluates all."}
+    )
     report_to: str = field(default="none", metadata={"help": "none, tensorboard, wandb or all."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 

@@ -1,0 +1,207 @@
+"""BERT pretraining objective: masked LM (80/10/10, optionally whole-word) + NSP or SOP.
+
+The backbone is a stock ``BertForPreTraining``; this objective only decides which tokens
+to corrupt and how the loss is computed. For speed it uses *sparse prediction*: the
+encoder runs on the whole batch, but the MLM head (transform + vocab-sized decoder, the
+most expensive matmul for small models) runs only on the ~15% of positions that carry a
+label. The same head modules (``model.cls.predictions``, ``model.cls.seq_relationship``)
+are used, so the trained weights export unchanged and ``AutoModelForPreTraining`` /
+``AutoModelForMaskedLM`` load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertForPreTraining, PreTrainedModel
+
+from hfssl.errors import ConfigError, HfsslError
+from hfssl.objectives.base import Objective, ObjectiveOutput
+from hfssl.objectives.masking import (
+    IGNORE_INDEX,
+    mask_tokens,
+    random_token_candidates,
+    select_positions,
+    word_start_table,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BertPretrainingObjective",
+    "mask_tokens",
+    "random_token_candidates",
+    "select_positions",
+    "unwrap_model",
+    "verify_masked_lm_export",
+    "word_start_table",
+]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or (
+            hasattr(model, "module") and isinstance(model.module, PreTrainedModel)
+        ):
+            model = model.module
+        else:
+            return model
+
+
+class BertPretrainingObjective(Objective):
+    """MLM + (optional) sentence-pair classification on ``BertForPreTraining``.
+
+    Batches come from the collator with ``input_ids``, ``attention_mask`` and, for pairs,
+    ``token_type_ids`` and ``next_sentence_label`` (0 = B follows A / in order, 1 = random /
+    swapped). Without ``next_sentence_label`` (``nsp=False``: packed RoBERTa-style segments)
+    only the MLM term is trained.
+    """
+
+    model_class = BertForPreTraining
+    primary_term = "mlm"
+
+    def __init__(
+        self,
+        *,
+        mask_token_id: int,
+        special_token_ids: Iterable[int],
+        vocab_size: int,
+        mlm_probability: float = 0.15,
+        nsp: bool = True,
+        word_starts: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mlm_probability < 1.0:
+            raise ConfigError(f"--mlm_probability must be in (0, 1), got {mlm_probability}")
+        self.mask_token_id = int(mask_token_id)
+        self.mlm_probability = mlm_probability
+        self.nsp = nsp
+        self.vocab_size = vocab_size
+        special = sorted({int(i) for i in special_token_ids if i is not None})
+        # Buffers follow ``.to(device)``; not persistent because they derive from the tokenizer.
+        self.register_buffer("special_ids", torch.tensor(special, dtype=torch.long), persistent=False)
+        self.register_buffer("random_token_ids", random_token_candidates(vocab_size, special), persistent=False)
+        self.register_buffer("word_start_lookup", word_starts, persistent=False)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, *, vocab_size: int | None = None, mlm_probability: float = 0.15,
+                       nsp: bool = True, whole_word_masking: bool = False) -> BertPretrainingObjective:
+        """Build from a (fast) BERT tokenizer; ``vocab_size`` defaults to ``len(tokenizer)``.
+
+        Raises ``ConfigError`` for a tokenizer without a mask token, or without ``##`` pieces when
+        ``whole_word_masking`` is asked for.
+        """
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(f"the tokenizer ({type(tokenizer).__name__}) has no mask token; MLM needs one "
+                              "such as [MASK]: use a BERT/WordPiece tokenizer")
+        vocab_size = vocab_size or len(tokenizer)
+        try:
+            starts = word_start_table(tokenizer) if whole_word_masking else None
+        except ValueError as exc:
+            raise ConfigError(f"--whole_word_masking: {exc}") from None
+        if starts is not None and starts.numel() < vocab_size:
+            starts = torch.cat([starts, starts.new_ones(vocab_size - starts.numel())])
+        return cls(mask_token_id=tokenizer.mask_token_id, special_token_ids=tokenizer.all_special_ids,
+                   vocab_size=vocab_size, mlm_probability=mlm_probability, nsp=nsp, word_starts=starts)
+
+    def _buffers_to(self, device: torch.device) -> None:
+        # The loop may not move the objective; moving small buffers lazily is cheap and idempotent.
+        if self.random_token_ids.device != device:
+            self.to(device)
+
+    def special_tokens_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """True at special tokens and padding: positions that are never masked."""
+        input_ids = batch["input_ids"]
+        special = torch.isin(input_ids, self.special_ids)
+        if "attention_mask" in batch:
+            special |= batch["attention_mask"] == 0
+        return special
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                      ) -> dict[str, torch.Tensor]:
+        input_ids = batch["input_ids"]
+        self._buffers_to(input_ids.device)
+        word_starts = None
+        if self.word_start_lookup is not None:
+            word_starts = self.word_start_lookup[input_ids]
+        masked, labels = mask_tokens(
+            input_ids,
+            mask_token_id=self.mask_token_id,
+            random_token_ids=self.random_token_ids,
+            special_tokens_mask=self.special_tokens_mask(batch),
+            mlm_probability=self.mlm_probability,
+            word_starts=word_starts,
+            generator=generator,
+        )
+        prepared = dict(batch)
+        prepared["input_ids"] = masked
+        prepared["labels"] = labels
+        return prepared
+
+    def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        counts = {"mlm": (batch["labels"] != IGNORE_INDEX).sum()}
+        if self._uses_nsp(batch):
+            counts["nsp"] = torch.tensor(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+        return counts
+
+    def _uses_nsp(self, batch: dict[str, torch.Tensor]) -> bool:
+        if self.nsp and "next_sentence_label" not in batch:
+            raise ConfigError("NSP/SOP needs sentence-pair batches with next_sentence_label; use --no_nsp "
+                             "for packed single segments")
+        return self.nsp
+
+    def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        bert_model = unwrap_model(model)
+        outputs = bert_model.bert(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+        )
+        labels = batch["labels"]
+        selected = labels != IGNORE_INDEX
+        # Sparse prediction: the vocab projection only where there is something to predict.
+        logits = bert_model.cls.predictions(outputs.last_hidden_state[selected]).float()
+        targets = labels[selected]
+        loss_sums = {"mlm": F.cross_entropy(logits, targets, reduction="sum")}
+        metric_sums = {"mlm/accuracy": (logits.argmax(-1) == targets).sum()}
+        nsp_logits = bert_model.cls.seq_relationship(outputs.pooler_output).float()
+        if self._uses_nsp(batch):
+            nsp_labels = batch["next_sentence_label"].view(-1)
+            loss_sums["nsp"] = F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")
+            metric_sums["nsp/accuracy"] = (nsp_logits.argmax(-1) == nsp_labels).sum()
+        else:
+            # MLM only: the pooler and NSP head still join the graph with weight 0, so DDP (which by
+            # default requires every parameter to get a gradient) does not stall on unused weights.
+            loss_sums["mlm"] = loss_sums["mlm"] + 0.0 * nsp_logits.sum()
+        return ObjectiveOutput(loss_sums=loss_sums, metric_sums=metric_sums)
+
+
+def verify_masked_lm_export(output_dir: str, model: BertForPreTraining, atol: float = 1e-5) -> float:
+    """Reload ``output_dir`` with ``AutoModelForMaskedLM`` and check its vocabulary logits equal ``model``'s
+    MLM head output (the export's ``cls.predictions`` weights are what BertForMaskedLM uses).
+
+    Returns the max absolute difference; raises ``HfsslError`` above ``atol``.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    device = next(model.parameters()).device
+    reloaded = AutoModelForMaskedLM.from_pretrained(output_dir).to(device).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=ids).prediction_logits.float()
+            actual = reloaded(input_ids=ids).logits.float()
+    finally:
+        model.train(was_training)
+    diff = (expected - actual).abs().max().item()
+    if not diff <= atol:
+        raise HfsslError(f"the export in {output_dir} loaded with AutoModelForMaskedLM does not reproduce the "
+                         f"trained MLM head (max |diff| {diff:.3g} > {atol:g})")
+    return diff

@@ -1,0 +1,60 @@
+"""AdamW with the usual no-decay groups, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from hfssl.config import TrainingArguments
+from hfssl.errors import ConfigError
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay, vectors (biases, LayerNorm/RMSNorm weights) do not.
+
+    Decaying a norm's gain or a bias only pulls it towards zero without regularising anything,
+    which is why GPT-2/BERT recipes exclude them. ``module.parameters()`` already de-duplicates
+    tied weights (GPT-2's wte / lm_head).
+    """
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(module: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused CUDA kernel when the parameters live on a GPU (one launch per step)."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        parameter_groups(module, args.weight_decay),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        fused=fused or None,
+    )
+
+
+def warmup_steps(args: TrainingArguments, total_steps: int) -> int:
+    if args.warmup_steps > 0:
+        return args.warmup_steps
+    return math.ceil(args.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """``transformers.get_scheduler`` stepped once per optimizer step.
+
+    The scheduler is deliberately *not* passed to ``accelerator.prepare``: Accelerate's wrapper
+    steps it once per process, which would make the schedule depend on the world size.
+    """
+    try:
+        return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps(args, total_steps),
+                             num_training_steps=total_steps)
+    except ValueError as exc:
+        raise ConfigError(f"--lr_scheduler_type {args.lr_scheduler_type!r}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,170 @@
+"""Plumbing shared by the pretraining recipes: defaults, tokenizer, model, data loaders, a sample.
+
+Each helper does one step of "config -> library calls" so that a recipe stays a short script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hfssl.config import DataArguments, ModelArguments
+from hfssl.errors import ConfigError, HfsslError
+from hfssl.logging import get_logger
+from hfssl.models.presets import build_config
+
+logger = get_logger(__name__)
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def with_defaults(cls: type, **defaults: Any) -> type:
+    """A subclass of dataclass ``cls`` with other default values (help texts kept).
+
+    Lets a recipe choose defaults suited to it (e.g. a short CPU run) without touching the shared
+    argument classes.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(defaults) - set(known)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    fields = [(name, hints[name], dataclasses.field(default=value, metadata=known[name].metadata))
+              for name, value in defaults.items()]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+
+
+def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, output_dir: str,
+                      accelerator: Accelerator, *, tokenizer_type: str = "bpe",
+                      max_documents: int | None = 20000) -> PreTrainedTokenizerBase:
+    """``--tokenizer_name``, else the checkpoint's tokenizer, else one trained on the training corpus.
+
+    A trained tokenizer is saved in ``output_dir/tokenizer`` by the main process (the other ranks
+    load it) and reused by reruns with the same settings, so a resumed run tokenizes identically.
+    """
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source:
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise HfsslError(f"cannot load a tokenizer from {source!r}: {str(exc).splitlines()[0]}") from None
+    saved = os.path.join(output_dir, TOKENIZER_SUBDIR)
+    # What the tokenizer was trained with: a rerun with other settings retrains instead of reusing it.
+    recipe = {"tokenizer_type": tokenizer_type, "vocab_size": model_args.vocab_size, "max_documents": max_documents,
+              "train_file": data_args.train_file, "dataset_name": data_args.dataset_name,
+              "dataset_config_name": data_args.dataset_config_name, "text_column": data_args.text_column,
+              "validation_split_documents": data_args.validation_split_documents}
+    recipe_file = os.path.join(saved, "hfssl_tokenizer_training.json")
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and _read_json(recipe_file) != recipe:
+            from hfssl.data.corpus import load_documents_from_args
+            from hfssl.data.tokenizer_training import train_tokenizer
+
+            logger.info("no --tokenizer_name: training a %s tokenizer (vocab %d) on the corpus",
+                        tokenizer_type, model_args.vocab_size)
+            docs = load_documents_from_args(data_args, "train")
+            if max_documents:
+                docs = docs.take(max_documents)
+            tokenizer = train_tokenizer((d["text"] for d in docs), tokenizer_type=tokenizer_type,
+                                        vocab_size=model_args.vocab_size, model_max_length=data_args.max_seq_length)
+            tokenizer.save_pretrained(saved)
+            with open(recipe_file, "w", encoding="utf-8") as fh:
+                json.dump(recipe, fh)
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+    return tokenizer
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, *, max_seq_length: int,
+                default_model_type: str, auto_class: Any = AutoModelForCausalLM) -> PreTrainedModel:
+    """A stock model: ``--model_name_or_path`` to continue pretraining, else a size preset from scratch."""
+    if model_args.model_name_or_path:
+        try:
+            model = auto_class.from_pretrained(model_args.model_name_or_path)
+        except (OSError, ValueError) as exc:
+            raise HfsslError(f"cannot load --model_name_or_path {model_args.model_name_or_path!r}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    else:
+        special = {name: getattr(tokenizer, f"{name}_id", None) for name in ("bos_token", "eos_token", "pad_token")}
+        config = build_config(model_args.model_type or default_model_type, model_args.model_size,
+                              vocab_size=len(tokenizer), max_position_embeddings=max_seq_length,
+                              config_overrides=model_args.config_overrides,
+                              **{f"{k}_id": v for k, v in special.items() if v is not None})
+        model = auto_class.from_config(config)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "
+                          f"{model.config.vocab_size}; use the tokenizer the model was trained with")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {max_seq_length} exceeds the model's {limit} positions")
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model %s: %.1fM parameters", type(model).__name__, n_params / 1e6)
+    return model
+
+
+def make_loader(dataset: Iterable[dict], *, batch_size: int, collate_fn: Callable, accelerator: Accelerator,
+                seed: int, shuffle_buffer_size: int = 0, num_workers: int = 0, drop_last: bool = True) -> Any:
+    """A rank-sharded, exactly resumable ``StatefulLoader`` (never pass it to ``accelerator.prepare``)."""
+    from hfssl.data.loader import StatefulLoader
+
+    return StatefulLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes, seed=seed, shuffle_buffer_size=shuffle_buffer_size,
+                          num_workers=num_workers, drop_last=drop_last)
+
+
+def has_validation(data_args: DataArguments) -> bool:
+    return bool(data_args.validation_file) or data_args.validation_split_documents > 0
+
+
+def validation_loader_factory(data_args: DataArguments, to_examples: Callable[[datasets.IterableDataset], Any], *,
+                              batch_size: int, collate_fn: Callable, accelerator: Accelerator,
+                              ) -> Callable[[], Iterable[dict]] | None:
+    """A factory of fresh validation loaders (same batches every call), or None without validation data."""
+    if not has_validation(data_args):
+        return None
+    from hfssl.data.corpus import load_documents_from_args
+
+    def factory() -> Iterable[dict]:
+        examples = to_examples(load_documents_from_args(data_args, "validation"))
+        return make_loader(examples, batch_size=batch_size, collate_fn=collate_fn, accelerator=accelerator,
+                           seed=0, drop_last=False)
+
+    return factory
+
+
+def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str = "The",
+                    max_new_tokens: int = 40, seed: int = 0) -> str:
+    """A short sampled continuation of ``prompt`` (top-k), to eyeball what the model learned."""
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    inputs.pop("token_type_ids", None)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit:  # never run past the learned positions
+        max_new_tokens = max(0, min(max_new_tokens, limit - inputs["input_ids"].shape[1]))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, top_k=40, temperature=0.8,
+                             pad_token_id=pad_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+__all__ = ["build_model", "generate_sample", "has_validation", "make_loader",
+           "resolve_tokenizer", "validation_loader_factory", "with_defaults"]

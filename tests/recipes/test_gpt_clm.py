@@ -1,0 +1,118 @@
+"""recipes/gpt_clm.py end to end as a user runs it (real subprocesses, built-in corpus, tiny sizes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from accelerate.state import AcceleratorState, GradientState
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    GPT2Model,
+    LlamaForCausalLM,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from hfssl.data.corpus import builtin_corpus_files, load_documents
+    from hfssl.data.tokenizer_training import train_tokenizer
+
+    docs = load_documents(train_file=builtin_corpus_files()).take(300)
+    path = tmp_path_factory.mktemp("gpt_tokenizer")
+    train_tokenizer((d["text"] for d in docs), vocab_size=400, model_max_length=32).save_pretrained(path)
+    return path
+
+
+QUICK = ["--model_size", "tiny", "--vocab_size", "400", "--max_seq_length", "32", "--per_device_train_batch_size", "8",
+         "--validation_split_documents", "16", "--max_eval_batches", "4", "--logging_steps", "10",
+         "--checkpointing_steps", "20"]
+
+
+@pytest.fixture
+def gpt_main(repo_root):
+    """The recipe's ``main`` imported in-process (fast: no interpreter start-up per run)."""
+    spec = importlib.util.spec_from_file_location("gpt_clm_recipe", repo_root / "recipes" / "gpt_clm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield module.main
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def one_line_exit(main, argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return info.value.code, err
+
+
+def recipe(python_exe: str, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([python_exe, str(repo_root / "recipes" / "gpt_clm.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_default_corpus_run_trains_a_tokenizer_lowers_the_loss_and_exports(python_exe, repo_root, tmp_path):
+    out = tmp_path / "gpt"
+    result = recipe(python_exe, repo_root, *QUICK, "--max_steps", "40", "--learning_rate", "3e-3",
+                    "--eval_steps", "20", "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sample: 'The" in result.stdout
+    records = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
+    losses = [r["loss"] for r in records if "loss" in r]
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert losses[-1] < losses[0] and evals[-1] < evals[0]
+    results = json.load(open(out / "all_results.json"))
+    assert results["eval_perplexity"] > 1 and results["global_step"] == 40
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 400
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(model, GPT2LMHeadModel) and isinstance(AutoModel.from_pretrained(out), GPT2Model)
+    ids = tokenizer("Return a new list", return_tensors="pt")["input_ids"]
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert generated.shape[1] == ids.shape[1] + 4
+
+
+
+def test_rerun_into_a_dir_with_checkpoints_and_bad_flags_fail_in_one_line(gpt_main, tokenizer_dir, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    args = [*QUICK, "--tokenizer_name", str(tokenizer_dir), "--max_steps", "2", "--checkpointing_steps", "2",
+            "--output_dir", out]
+    gpt_main(args)
+    capsys.readouterr()
+    code, err = one_line_exit(gpt_main, args, capsys)
+    assert code == 1 and "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
+    for bad, expected in ((["--max_steps", "many"], 2), (["--mixed_precision", "fp8"], 2),
+                          (["--tokenizer_name", str(tmp_path / "missing")], 1),
+                          (["--tokenizer_name", str(tokenizer_dir), "--model_type", "t5"], 1)):
+        code, err = one_line_exit(gpt_main, [*bad, "--output_dir", str(tmp_path / "bad")], capsys)
+        assert code == expected, (bad, err)
+
+
+def test_llama_from_scratch_then_continued_pretraining(gpt_main, tokenizer_dir, tmp_path):
+    first, second = tmp_path / "llama", tmp_path / "continued"
+    gpt_main([*QUICK, "--tokenizer_name", str(tokenizer_dir), "--model_type", "llama", "--max_steps", "5",
+              "--document_boundaries", "--output_dir", str(first)])
+    assert isinstance(AutoModelForCausalLM.from_pretrained(first), LlamaForCausalLM)
+    AcceleratorState._reset_state(True)
+    gpt_main([*QUICK, "--model_name_or_path", str(first), "--max_steps", "5", "--learning_rate", "1e-3",
+              "--output_dir", str(second)])
+    before, after = AutoModelForCausalLM.from_pretrained(first), AutoModelForCausalLM.from_pretrained(second)
+    assert isinstance(after, LlamaForCausalLM)
+    # It started from the first model's weights and tokenizer, then moved a little.
+    assert AutoTokenizer.from_pretrained(second).get_vocab() == AutoTokenizer.from_pretrained(first).get_vocab()
+    name = "model.embed_tokens.weight"
+    delta = (after.state_dict()[name] - before.state_dict()[name]).abs().max().item()
+    assert 0 < delta < 0.1
