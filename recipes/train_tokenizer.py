@@ -10,20 +10,17 @@ The result loads with ``AutoTokenizer.from_pretrained(output_dir)``.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm.auto import tqdm
 
-from tqdm.auto import tqdm  # noqa: E402
-
-from hfssl.cli import main_entry, parse_args  # noqa: E402
-from hfssl.data.corpus import builtin_corpus_files, load_documents  # noqa: E402
-from hfssl.data.tokenizer_training import TOKENIZER_TYPES, train_tokenizer  # noqa: E402
-from hfssl.logging import get_logger, setup_logging  # noqa: E402
-from hfssl.run_info import write_run_info  # noqa: E402
+from hfssl.cli import main_entry, parse_args
+from hfssl.data.corpus import builtin_corpus_files, load_documents
+from hfssl.data.tokenizer_training import TOKENIZER_TYPES, train_tokenizer
+from hfssl.logging import get_logger, setup_logging
+from hfssl.run_info import write_run_info
 
 logger = get_logger("train_tokenizer")
 

@@ -14,10 +14,20 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-echo "[setup] installing hfssl and its pinned dependencies (first run takes ~2 minutes)"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+echo "[setup] installing hfssl and its pinned dependencies into $VENV (first run takes ~2 minutes)"
+log="$VENV/install.log"
+install() {
+    if ! "$VENV/bin/python" -m pip install "$@" >>"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "[setup] pip install $* failed; full log in $log" >&2
+        exit 1
+    fi
+}
+: >"$log"
+install --upgrade pip
 # torch first and alone: with the exact pin pip picks the local CPU wheel on
 # these machines instead of resolving a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q "torch==$(grep -E '^torch==' constraints.txt | cut -d= -f3)"
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+install "torch==$(grep -E '^torch==' constraints.txt | cut -d= -f3)"
+install -c constraints.txt -e ".[dev]"
 echo "$want" > "$stamp"
+echo "[setup] done"

@@ -122,8 +122,9 @@ def mask_tokens(
     input_ids: torch.Tensor,
     *,
     mask_token_id: int,
-    random_token_ids: torch.Tensor,
     special_tokens_mask: torch.Tensor,
+    random_token_ids: torch.Tensor | None = None,
+    vocab_size: int | None = None,
     mlm_probability: float = 0.15,
     word_starts: torch.Tensor | None = None,
     mask_replace_prob: float = 0.8,
@@ -135,6 +136,9 @@ def mask_tokens(
     ``special_tokens_mask`` is True where a token must never be chosen (special tokens and
     padding). ``random_token_ids`` is the 1-D pool of replacement ids (see
     :func:`random_token_candidates`), so a random replacement is never a special token.
+    Giving ``vocab_size`` instead builds that pool from ``[0, vocab_size)`` minus the mask
+    token and every id found at a special position of this batch; pass ``random_token_ids``
+    to also exclude special tokens that do not occur in the batch (``[UNK]``, say).
     ``labels`` hold the original id at chosen positions and -100 elsewhere. Inputs are not
     modified; all tensors (and ``generator``) must live on ``input_ids.device``.
     """
@@ -142,9 +146,14 @@ def mask_tokens(
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
     if mask_replace_prob + random_replace_prob > 1.0:
         raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
+    special = special_tokens_mask.bool()
+    if random_token_ids is None:
+        if vocab_size is None:
+            raise ValueError("give random_token_ids or vocab_size")
+        present = torch.unique(input_ids[special]).tolist()
+        random_token_ids = random_token_candidates(vocab_size, [mask_token_id, *present], input_ids.device)
     if random_token_ids.numel() == 0:
         raise ValueError("random_token_ids is empty: the vocabulary has no ordinary tokens")
-    special = special_tokens_mask.bool()
     chosen = select_positions(~special, mlm_probability, word_starts=word_starts, generator=generator)
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
 

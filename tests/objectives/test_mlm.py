@@ -86,6 +86,21 @@ def test_specials_and_padding_never_chosen_and_random_ids_never_special():
     assert set(replaced.unique().tolist()) == set(range(len(SPECIALS), vocab))
 
 
+def test_vocab_size_form_excludes_specials_found_in_the_batch():
+    vocab = 12
+    ids, special = synthetic_batch(512, 64, vocab, seed=2)
+    gen = torch.Generator().manual_seed(2)
+    masked, labels = mask_tokens(ids, special_tokens_mask=special, mask_token_id=MASK, vocab_size=vocab,
+                                 mlm_probability=0.5, mask_replace_prob=0.0, random_replace_prob=1.0,
+                                 generator=gen)
+    replaced = masked[labels != IGNORE_INDEX]
+    # The batch holds PAD, CLS and SEP at special positions; MASK is excluded explicitly.
+    assert not torch.isin(replaced, torch.tensor([PAD, CLS, SEP, MASK])).any()
+    assert set(replaced.unique().tolist()) >= set(range(len(SPECIALS), vocab))
+    with pytest.raises(ValueError, match="vocab_size"):
+        mask_tokens(ids, special_tokens_mask=special, mask_token_id=MASK)
+
+
 def test_dynamic_masking_differs_between_calls_and_is_reproducible():
     ids, special = synthetic_batch(8, 64, 1000)
     gen = torch.Generator().manual_seed(3)
