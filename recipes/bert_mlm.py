@@ -25,7 +25,6 @@ from hfssl.data.corpus import load_documents_from_args
 from hfssl.data.packing import pack_mlm_segments
 from hfssl.data.sentence_pairs import nsp_pairs
 from hfssl.errors import ConfigError
-from hfssl.models.export import verify_reload
 from hfssl.objectives.mlm import BertPretrainingObjective, verify_masked_lm_export
 from hfssl.training import make_accelerator, train
 from hfssl.training.recipe_utils import (
@@ -95,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
                    configs_to_record=(model_args, data_args, args, bert_args), accelerator=accelerator)
     if accelerator.is_main_process:
         transformers.logging.set_verbosity_error()  # loading head-less classes reports unused heads: expected
-        verify_reload(result.export_dir, model, auto_class=AutoModelForPreTraining)
         verify_masked_lm_export(result.export_dir, model)
         fill = pipeline("fill-mask", model=result.export_dir, tokenizer=result.export_dir, device=-1)
         guesses = fill(f"The {tokenizer.mask_token} of the function.", top_k=3)

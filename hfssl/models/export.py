@@ -9,6 +9,7 @@ still in memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,29 +67,37 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 
 def verify_reload(output_dir: str, model: PreTrainedModel, auto_class: Any = AutoModel,
-                  example_inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-5) -> float:
+                  example_inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-5,
+                  reference_output: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> float:
     """Reload ``output_dir`` with ``auto_class`` and compare its outputs with ``model``'s.
 
     When ``auto_class`` yields the bare backbone (``AutoModel`` for a ``GPT2LMHeadModel``) the
-    reference is ``model.base_model``. Returns the max absolute difference; raises if it exceeds
+    reference is ``model.base_model``. ``reference_output`` compares against another output of
+    ``model`` instead (e.g. BertForPreTraining's ``prediction_logits`` for an
+    ``AutoModelForMaskedLM`` reload). Returns the max absolute difference; raises if it exceeds
     ``atol`` or the reloaded class is not the expected one.
     """
     device = next(model.parameters()).device
     reloaded = auto_class.from_pretrained(output_dir).to(device)
-    if type(reloaded) is type(model):
-        reference = model
-    elif type(reloaded) is type(model.base_model):
-        reference = model.base_model
-    else:
-        raise HfsslError(f"{auto_class.__name__} loaded {type(reloaded).__name__} from {output_dir}, "
-                         f"which matches neither {type(model).__name__} nor its base model")
+    if reference_output is None:
+        if type(reloaded) is type(model):
+            reference_module = model
+        elif type(reloaded) is type(model.base_model):
+            reference_module = model.base_model
+        else:
+            raise HfsslError(f"{auto_class.__name__} loaded {type(reloaded).__name__} from {output_dir}, "
+                             f"which matches neither {type(model).__name__} nor its base model")
+
+        def reference_output(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return _first_tensor(reference_module(**inputs))
+
     inputs = example_inputs if example_inputs is not None else _example_inputs(model.config, device)
     was_training = model.training
     model.eval()
     reloaded.eval()
     try:
         with torch.no_grad():
-            expected = _first_tensor(reference(**inputs)).float()
+            expected = reference_output(inputs).float()
             actual = _first_tensor(reloaded(**inputs)).float()
     finally:
         model.train(was_training)

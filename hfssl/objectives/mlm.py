@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertForPreTraining, PreTrainedModel
 
-from hfssl.errors import ConfigError, HfsslError
+from hfssl.errors import ConfigError
+from hfssl.models.export import verify_reload
 from hfssl.objectives.base import Objective, ObjectiveOutput
 from hfssl.objectives.masking import (
     IGNORE_INDEX,
@@ -189,19 +190,5 @@ def verify_masked_lm_export(output_dir: str, model: BertForPreTraining, atol: fl
     """
     from transformers import AutoModelForMaskedLM
 
-    device = next(model.parameters()).device
-    reloaded = AutoModelForMaskedLM.from_pretrained(output_dir).to(device).eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = model(input_ids=ids).prediction_logits.float()
-            actual = reloaded(input_ids=ids).logits.float()
-    finally:
-        model.train(was_training)
-    diff = (expected - actual).abs().max().item()
-    if not diff <= atol:
-        raise HfsslError(f"the export in {output_dir} loaded with AutoModelForMaskedLM does not reproduce the "
-                         f"trained MLM head (max |diff| {diff:.3g} > {atol:g})")
-    return diff
+    return verify_reload(output_dir, model, auto_class=AutoModelForMaskedLM, atol=atol,
+                         reference_output=lambda inputs: model(**inputs).prediction_logits)
