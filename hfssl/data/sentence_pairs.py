@@ -3,12 +3,15 @@
 Follows the construction of the original BERT data pipeline, adapted to a stream:
 
 * A document is split into sentences; consecutive sentences are gathered into a chunk until it reaches a
-  target length (``max_seq_length - 3``, or a random shorter one with probability ``short_seq_prob``).
+  target length (``max_seq_length - 3``, or a random shorter one with probability ``short_seq_prob``, drawn
+  per chunk: with whole books as documents a per-document draw would make a book all-short or all-full).
 * The chunk is cut at a random sentence boundary into A and B (a one-sentence chunk is cut inside the
   sentence), so for ``next_sentence_label = 0`` B is the text that really follows A.
-* NSP, label 1 (probability ``nsp_probability``): B is replaced by a random run of sentences from another,
-  recently seen document (a bounded pool: the stream is never held in memory); the unused sentences of the
-  chunk are put back. SOP, label 1: A and B swapped.
+* NSP, label 1 (probability ``nsp_probability``): B is replaced by a random run of sentences from another
+  document of a bounded pool (the stream is never held in memory); the unused sentences of the chunk are
+  put back. The pool reads a few documents ahead, so the very first document already has others to draw
+  from and the labels stay balanced from the first batch (a one-document corpus draws B from a random place
+  of the same document, as the original code does when it finds no other). SOP, label 1: A and B swapped.
 * Too-long pairs lose tokens at the *front* of A and the *end* of B, keeping the A|B junction intact.
 
 Labels follow ``BertForPreTraining``: 0 = B continues A (correct order), 1 = random B (swapped).
@@ -38,6 +41,7 @@ _FEATURES = datasets.Features(
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+|\n\s*\n")
 _POOL_DOCUMENTS = 256  # documents kept for random B sentences
 _POOL_SENTENCES = 128  # sentences kept per pooled document (books are huge)
+_LOOKAHEAD_DOCUMENTS = 4  # documents read (as raw text) before the current one is turned into pairs
 
 
 def split_sentences(text: str) -> list[str]:
@@ -45,8 +49,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT.split(text) if s and s.strip()]
 
 
-def _random_b(pool: deque, target: int, rng: random.Random) -> list[int]:
-    doc = pool[rng.randrange(len(pool))]
+def _random_b(pool: deque, current: int, own: list[list[int]], target: int, rng: random.Random) -> list[int]:
+    others = [sents for doc_id, sents in pool if doc_id != current]
+    doc = others[rng.randrange(len(others))] if others else own
     start = rng.randrange(len(doc))
     out: list[int] = []
     for sent in doc[start:]:
@@ -99,15 +104,15 @@ def _pairs_gen(
             "next_sentence_label": label,
         }
 
-    for example in documents:
-        texts = split_sentences(example["text"])
+    def draw_target() -> int:
+        return rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+
+    def pairs_of(doc_id: int, head: list[list[int]], rest: list[str]) -> Iterator[dict]:
         # Encode in slices: a whole book in one call would hold all its Rust Encodings at once.
-        sentences = [s for i in range(0, len(texts), 1024) for s in encode(texts[i : i + 1024]) if s]
+        sentences = head + [s for i in range(0, len(rest), 1024) for s in encode(rest[i : i + 1024]) if s]
         if not sentences:
-            continue
-        target = max_tokens
-        if rng.random() < short_seq_prob:
-            target = rng.randint(2, max_tokens)
+            return
+        target = draw_target()
         chunk: list[list[int]] = []
         length = 0
         i = 0
@@ -128,9 +133,9 @@ def _pairs_gen(
                 if sop:
                     if a and b:
                         yield emit(a, b, 1, swap=True) if flip else emit(a, b, 0)
-                elif flip and pool:
+                elif flip:
                     a = [t for s in chunk[:a_end] for t in s] if len(chunk) >= 2 else chunk[0]
-                    b = _random_b(pool, max(1, target - len(a)), rng)
+                    b = _random_b(pool, doc_id, sentences, max(1, target - len(a)), rng)
                     # The sentences not used as A come back as the start of the next chunk.
                     i -= len(chunk) - a_end
                     if a and b:
@@ -138,8 +143,22 @@ def _pairs_gen(
                 elif a and b:
                     yield emit(a, b, 0)
                 chunk, length = [], 0
+                target = draw_target()
             i += 1
-        pool.append(sentences[:_POOL_SENTENCES])
+
+    pending: deque = deque()
+    for doc_id, example in enumerate(documents):
+        texts = split_sentences(example["text"])
+        if not texts:
+            continue
+        head = [s for s in encode(texts[:_POOL_SENTENCES]) if s]
+        if head:
+            pool.append((doc_id, head))
+        pending.append((doc_id, head, texts[_POOL_SENTENCES:]))
+        if len(pending) > _LOOKAHEAD_DOCUMENTS:
+            yield from pairs_of(*pending.popleft())
+    while pending:
+        yield from pairs_of(*pending.popleft())
     if produced == 0:
         raise DataError(
             "the corpus yields no sentence pair: its documents are too short to split into two segments"

@@ -110,3 +110,39 @@ def test_no_pair_at_all_is_an_error(tmp_path, wordpiece_tokenizer):
     path.write_text('{"text": "the"}\n')  # one single-token document: nothing to pair
     with pytest.raises(DataError, match="the corpus yields no sentence pair"):
         list(nsp_pairs(load_documents(train_file=[str(path)]), wordpiece_tokenizer, 64))
+
+
+def _book(title: str, n: int) -> str:
+    return " ".join(f"In {title} chapter {i} the keeper counted {i * 7} lanterns by the river." for i in range(n))
+
+
+def test_labels_are_balanced_from_the_first_long_document(tmp_path, wordpiece_tokenizer):
+    # Whole books as documents: the first book alone fills many batches, so random B segments must be
+    # available (from documents read ahead) before the first book is used up.
+    books = [tmp_path / f"book{i}.txt" for i in range(3)]
+    for i, path in enumerate(books):
+        path.write_text(_book(f"book {i}", 400), encoding="utf-8")
+    docs = load_documents(train_file=[str(p) for p in books])
+    pairs = list(nsp_pairs(docs, wordpiece_tokenizer, 64, seed=3))
+    first_book = pairs[: len(pairs) // 4]
+    share = sum(p["next_sentence_label"] for p in first_book) / len(first_book)
+    assert len(first_book) > 100 and 0.38 < share < 0.62
+
+
+def test_one_document_corpus_still_gets_random_segments(tmp_path, wordpiece_tokenizer):
+    path = tmp_path / "only.txt"
+    path.write_text(_book("the only book", 300), encoding="utf-8")
+    pairs = list(nsp_pairs(load_documents(train_file=[str(path)]), wordpiece_tokenizer, 64, seed=4))
+    share = sum(p["next_sentence_label"] for p in pairs) / len(pairs)
+    assert 0.38 < share < 0.62
+
+
+def test_short_sequences_are_drawn_per_pair_not_per_document(tmp_path, wordpiece_tokenizer):
+    path = tmp_path / "book.txt"
+    path.write_text(_book("long", 400), encoding="utf-8")
+    pairs = list(nsp_pairs(load_documents(train_file=[str(path)]), wordpiece_tokenizer, 64,
+                           short_seq_prob=0.3, seed=5))
+    # A per-document draw would make this single book all-short or all-full.
+    short = sum(len(p["input_ids"]) < 40 for p in pairs) / len(pairs)
+    full = sum(len(p["input_ids"]) >= 60 for p in pairs) / len(pairs)
+    assert 0.02 < short < 0.3 and full > 0.5, (short, full)
