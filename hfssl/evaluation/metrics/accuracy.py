@@ -4,9 +4,10 @@ Loaded with ``evaluate.load(<path to this file>)`` so it works offline. evaluate
 file's imports line by line, so keep one plain import per line.
 """
 
-import datasets
 import evaluate
 from sklearn.metrics import accuracy_score
+
+from hfssl.evaluation.metric_info import paired_metric_info
 
 _DESCRIPTION = "Accuracy = (number of correct predictions) / (number of predictions)."
 _KWARGS = "predictions: predicted label ids. references: gold label ids."
@@ -14,14 +15,7 @@ _KWARGS = "predictions: predicted label ids. references: gold label ids."
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return paired_metric_info(_DESCRIPTION, _KWARGS, "int64")
 
     def _compute(self, predictions, references):
         return {"accuracy": float(accuracy_score(references, predictions))}

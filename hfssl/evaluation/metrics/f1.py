@@ -4,9 +4,10 @@ Loaded with ``evaluate.load(<path to this file>)`` so it works offline. evaluate
 file's imports line by line, so keep one plain import per line.
 """
 
-import datasets
 import evaluate
 from sklearn.metrics import f1_score
+
+from hfssl.evaluation.metric_info import paired_metric_info
 
 _DESCRIPTION = "F1 = 2 * precision * recall / (precision + recall) for the positive class (label 1)."
 _KWARGS = "predictions: predicted label ids (0/1). references: gold label ids (0/1)."
@@ -14,14 +15,7 @@ _KWARGS = "predictions: predicted label ids (0/1). references: gold label ids (0
 
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return paired_metric_info(_DESCRIPTION, _KWARGS, "int64")
 
     def _compute(self, predictions, references, average="binary"):
         # zero_division=0: a model that never predicts the positive class scores 0, not a warning.

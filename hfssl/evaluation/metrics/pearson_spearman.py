@@ -4,10 +4,11 @@ Loaded with ``evaluate.load(<path to this file>)`` so it works offline. evaluate
 file's imports line by line, so keep one plain import per line.
 """
 
-import datasets
 import evaluate
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
+
+from hfssl.evaluation.metric_info import paired_metric_info
 
 _DESCRIPTION = "Pearson r and Spearman rho between predicted and gold similarity scores."
 _KWARGS = "predictions: predicted scores (float). references: gold scores (float)."
@@ -15,14 +16,7 @@ _KWARGS = "predictions: predicted scores (float). references: gold scores (float
 
 class PearsonSpearman(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
-        )
+        return paired_metric_info(_DESCRIPTION, _KWARGS, "float64")
 
     def _compute(self, predictions, references):
         preds = np.asarray(predictions, dtype=np.float64)
