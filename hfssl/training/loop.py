@@ -364,7 +364,9 @@ class TrainingRun:
         if w.steps:
             record["grad_norm"] = float(w.grad_norm.item()) / w.steps
         primary = getattr(self.objective, "primary_term", "loss")
+        # Targets/s (next tokens for CLM, masked tokens for MLM) and, comparable across objectives, inputs/s.
         record["tokens_per_second"] = reduced.get(f"c:{primary}", 0.0) / elapsed
+        record["input_tokens_per_second"] = reduced["input_tokens"] / elapsed
         record["epoch"] = self.stream.epoch
         if self._peak and self._flops_per_token:
             per_device = reduced["input_tokens"] / elapsed / self.world

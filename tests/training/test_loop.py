@@ -34,6 +34,8 @@ def test_loss_decreases_on_real_text_and_reports_eval(blocks, tiny_gpt2, train_a
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
     assert evals[1]["eval_perplexity"] == pytest.approx(torch.tensor(evals[1]["eval_loss"]).exp().item())
     assert all(r["tokens_per_second"] > 0 and r["grad_norm"] > 0 for r in records if "loss" in r)
+    # Every input token but the last of each block is a target: inputs/s is L/(L-1) times targets/s.
+    assert all(1.0 < r["input_tokens_per_second"] / r["tokens_per_second"] < 1.2 for r in records if "loss" in r)
     assert result.global_step == 40
     saved = json.load(open(os.path.join(args.output_dir, "all_results.json")))
     assert saved["eval_loss"] == evals[-1]["eval_loss"] and saved["train_loss"] == train_losses[-1]
