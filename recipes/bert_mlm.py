@@ -21,17 +21,15 @@ from transformers import AutoModelForPreTraining, pipeline
 from hfssl.cli import main_entry, parse_args
 from hfssl.config import DataArguments, ModelArguments, TrainingArguments
 from hfssl.data.collate import collate_padded
-from hfssl.data.corpus import load_documents_from_args
 from hfssl.data.packing import pack_mlm_segments
 from hfssl.data.sentence_pairs import nsp_pairs
 from hfssl.errors import ConfigError
 from hfssl.objectives.mlm import BertPretrainingObjective, verify_masked_lm_export
 from hfssl.training import make_accelerator, train
 from hfssl.training.recipe_utils import (
+    build_loaders,
     build_model,
-    make_loader,
     resolve_tokenizer,
-    validation_loader_factory,
     with_defaults,
 )
 
@@ -79,13 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                          seed=args.seed)
 
     collate = functools.partial(collate_padded, pad_token_id=tokenizer.pad_token_id)
-    train_loader = make_loader(examples(load_documents_from_args(data_args, "train")),
-                               batch_size=args.per_device_train_batch_size, collate_fn=collate,
-                               accelerator=accelerator, seed=args.seed,
-                               shuffle_buffer_size=data_args.shuffle_buffer_size,
-                               num_workers=data_args.preprocessing_num_workers)
-    eval_factory = validation_loader_factory(data_args, examples, batch_size=args.per_device_eval_batch_size,
-                                             collate_fn=collate, accelerator=accelerator)
+    train_loader, eval_factory = build_loaders(data_args, args, examples, collate_fn=collate,
+                                               accelerator=accelerator)
     objective = BertPretrainingObjective.from_tokenizer(
         tokenizer, vocab_size=model.config.vocab_size, mlm_probability=bert_args.mlm_probability,
         nsp=not bert_args.no_nsp, whole_word_masking=bert_args.whole_word_masking)

@@ -17,16 +17,14 @@ from transformers import AutoModelForCausalLM
 from hfssl.cli import main_entry, parse_args
 from hfssl.config import DataArguments, ModelArguments, TrainingArguments
 from hfssl.data.collate import collate_fixed
-from hfssl.data.corpus import load_documents_from_args
 from hfssl.data.packing import pack_clm
 from hfssl.objectives.clm import CausalLMObjective
 from hfssl.training import make_accelerator, train
 from hfssl.training.recipe_utils import (
+    build_loaders,
     build_model,
     generate_sample,
-    make_loader,
     resolve_tokenizer,
-    validation_loader_factory,
     with_defaults,
 )
 
@@ -49,13 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     def blocks(docs):
         return pack_clm(docs, tokenizer, data_args.max_seq_length, document_boundaries=data_args.document_boundaries)
 
-    train_loader = make_loader(blocks(load_documents_from_args(data_args, "train")),
-                               batch_size=args.per_device_train_batch_size, collate_fn=collate_fixed,
-                               accelerator=accelerator, seed=args.seed,
-                               shuffle_buffer_size=data_args.shuffle_buffer_size,
-                               num_workers=data_args.preprocessing_num_workers)
-    eval_factory = validation_loader_factory(data_args, blocks, batch_size=args.per_device_eval_batch_size,
-                                             collate_fn=collate_fixed, accelerator=accelerator)
+    train_loader, eval_factory = build_loaders(data_args, args, blocks, collate_fn=collate_fixed,
+                                               accelerator=accelerator)
     result = train(objective=CausalLMObjective(), model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=tokenizer,
                    configs_to_record=(model_args, data_args, args), accelerator=accelerator)

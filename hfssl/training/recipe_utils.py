@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from hfssl.config import DataArguments, ModelArguments
+from hfssl.config import DataArguments, ModelArguments, TrainingArguments
 from hfssl.errors import ConfigError, HfsslError
 from hfssl.logging import get_logger
 from hfssl.models.presets import build_config
@@ -146,6 +146,23 @@ def validation_loader_factory(data_args: DataArguments, to_examples: Callable[[d
                            seed=0, drop_last=False)
 
     return factory
+
+
+def build_loaders(data_args: DataArguments, args: TrainingArguments,
+                  to_examples: Callable[[datasets.IterableDataset], Any], *, collate_fn: Callable,
+                  accelerator: Accelerator) -> tuple[Any, Callable[[], Iterable[dict]] | None]:
+    """The training loader and the validation factory every pretraining recipe needs, from the same
+    documents-to-examples function (packing, sentence pairs...)."""
+    from hfssl.data.corpus import load_documents_from_args
+
+    train_loader = make_loader(to_examples(load_documents_from_args(data_args, "train")),
+                               batch_size=args.per_device_train_batch_size, collate_fn=collate_fn,
+                               accelerator=accelerator, seed=args.seed,
+                               shuffle_buffer_size=data_args.shuffle_buffer_size,
+                               num_workers=data_args.preprocessing_num_workers)
+    eval_factory = validation_loader_factory(data_args, to_examples, batch_size=args.per_device_eval_batch_size,
+                                             collate_fn=collate_fn, accelerator=accelerator)
+    return train_loader, eval_factory
 
 
 def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str = "The",
