@@ -13,6 +13,7 @@ from typing import Optional
 _MIXED_PRECISION = ("no", "fp16", "bf16")
 _HUB_STRATEGIES = ("end", "every_save", "checkpoint")
 _REPORT_TO = ("none", "tensorboard", "wandb", "all")
+_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -35,6 +36,16 @@ class ModelArguments:
     vocab_size: int = field(
         default=8000, metadata={"help": "Vocabulary size of the tokenizer trained when no --tokenizer_name is given."}
     )
+    pad_vocab_size_to_multiple_of: Optional[int] = field(
+        default=None,
+        metadata={"help": "Train with the embedding/LM head padded to a multiple of this (e.g. 64: faster "
+                          "matmuls on GPUs); the loss ignores the extra rows and the export keeps the true "
+                          "vocabulary. Causal LM only."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.pad_vocab_size_to_multiple_of is not None and self.pad_vocab_size_to_multiple_of < 1:
+            raise ValueError("--pad_vocab_size_to_multiple_of must be a positive integer")
 
 
 @dataclass
@@ -119,6 +130,24 @@ class TrainingArguments(HubArguments):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
+    torch_compile_backend: Optional[str] = field(
+        default=None, metadata={"help": "torch.compile backend (default inductor); setting it implies --torch_compile."}
+    )
+    torch_compile_mode: Optional[str] = field(
+        default=None,
+        metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+                          "max-autotune-no-cudagraphs; setting it implies --torch_compile."},
+    )
+    use_regional_compilation: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Compile each repeated layer separately instead of the whole model. Default: per "
+                          "layer for encoders (BERT, ViT), whole model for generative decoders (GPT-2, Llama)."},
+    )
+    tf32: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Allow TF32 matmuls/convolutions on Ampere+ GPUs (as transformers' --tf32); "
+                          "default: leave PyTorch's setting."},
+    )
     checkpointing_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps; 0 never."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(
@@ -146,3 +175,8 @@ class TrainingArguments(HubArguments):
             raise ValueError("set --max_steps > 0 or --num_train_epochs > 0")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/my-model)")
+        if self.torch_compile_mode not in _COMPILE_MODES:
+            raise ValueError(f"--torch_compile_mode must be one of {', '.join(m for m in _COMPILE_MODES if m)}")
+        # As transformers.TrainingArguments: choosing a backend or a mode means compiling.
+        if self.torch_compile_backend or self.torch_compile_mode:
+            self.torch_compile = True

@@ -12,6 +12,8 @@ with defaults sized for a few minutes on a laptop CPU. The export in ``--output_
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from transformers import AutoModelForCausalLM
 
 from hfssl.cli import main_entry, parse_args
@@ -29,16 +31,35 @@ from hfssl.training.recipe_utils import (
 )
 
 # Defaults: a real (small) pretraining run on the built-in corpus in ~3 minutes on 2 CPU cores.
-GPTModelArguments = with_defaults(ModelArguments, model_type="gpt2", model_size="mini", vocab_size=2048)
+# The vocabulary is padded to a multiple of 64 for training (GPT-2's 50257 -> 50304, as nanoGPT and
+# llm.c do): GPU matmul kernels need aligned shapes, measured 332k -> 395k tokens/s on an H100 for
+# GPT-2 124M (issue 4). A no-op when the size already divides (the default 2048), invisible in the export.
+GPTModelArguments = with_defaults(ModelArguments, model_type="gpt2", model_size="mini", vocab_size=2048,
+                                  pad_vocab_size_to_multiple_of=64)
 GPTDataArguments = with_defaults(DataArguments, validation_split_documents=64, shuffle_buffer_size=256)
 GPTTrainingArguments = with_defaults(TrainingArguments, max_steps=300, learning_rate=1e-3, warmup_steps=30,
                                      logging_steps=10, eval_steps=150, checkpointing_steps=150,
                                      max_eval_batches=20, output_dir="out/gpt_clm")
 
 
+@dataclass
+class CLMArguments:
+    loss_chunk_size: int = field(
+        default=2048,
+        metadata={"help": "Rows of LM-head logits computed at once (each chunk recomputed in backward, so "
+                          "only one chunk of float32 logits is alive); larger than batch x seq = one chunk, "
+                          "no recomputation (more memory, fewer FLOPs)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.loss_chunk_size < 1:
+            raise ValueError("--loss_chunk_size must be positive")
+
+
 @main_entry
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, args = parse_args([GPTModelArguments, GPTDataArguments, GPTTrainingArguments], argv)
+    model_args, data_args, args, clm_args = parse_args(
+        [GPTModelArguments, GPTDataArguments, GPTTrainingArguments, CLMArguments], argv)
     accelerator = make_accelerator(args)
     tokenizer = resolve_tokenizer(model_args, data_args, args.output_dir, accelerator, tokenizer_type="bpe")
     model = build_model(model_args, tokenizer, max_seq_length=data_args.max_seq_length, default_model_type="gpt2",
@@ -49,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
 
     train_loader, eval_factory = build_loaders(data_args, args, blocks, collate_fn=collate_fixed,
                                                accelerator=accelerator)
-    result = train(objective=CausalLMObjective(), model=model, train_loader=train_loader, args=args,
+    result = train(objective=CausalLMObjective(loss_chunk_size=clm_args.loss_chunk_size), model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=tokenizer,
-                   configs_to_record=(model_args, data_args, args), accelerator=accelerator)
+                   configs_to_record=(model_args, data_args, args, clm_args), accelerator=accelerator)
     if accelerator.is_main_process:
         reloaded = AutoModelForCausalLM.from_pretrained(result.export_dir)
         summary = {k: round(v, 4) for k, v in result.metrics.items() if "loss" in k or "perplexity" in k}

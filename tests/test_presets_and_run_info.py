@@ -18,6 +18,16 @@ def test_every_preset_builds_a_stock_model(family, cls):
     assert model.config.vocab_size == 128
 
 
+def test_gpt2_presets_train_without_dropout_and_overrides_turn_it_back_on():
+    for size in PRESETS["gpt2"]:
+        config = build_config("gpt2", size, vocab_size=128)
+        assert (config.resid_pdrop, config.embd_pdrop, config.attn_pdrop) == (0.0, 0.0, 0.0), size
+    config = build_config("gpt2", "tiny", vocab_size=128, config_overrides="resid_pdrop=0.1,attn_pdrop=0.2")
+    assert (config.resid_pdrop, config.embd_pdrop, config.attn_pdrop) == (0.1, 0.0, 0.2)
+    model = AutoModel.from_config(config)
+    assert model.h[0].mlp.dropout.p == 0.1
+
+
 def test_overrides_are_typed():
     config = build_config("bert", "tiny", vocab_size=64,
                           config_overrides="num_hidden_layers=3,hidden_dropout_prob=0.0,hidden_act=relu")

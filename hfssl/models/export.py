@@ -4,12 +4,18 @@ The export is what ``Trainer.save_model`` writes: ``config.json`` + ``model.safe
 tokenizer or image processor) at the top of a directory. ``verify_reload`` loads it back with an
 Auto class (no ``trust_remote_code``) and checks that it computes the same outputs as the model
 still in memory.
+
+A model may *train* with its vocabulary padded (``pad_vocab``: GPT-2's 50257 rows become 50304,
+a multiple of 64, which GPU matmul kernels handle much faster). The padding is a training detail:
+the export slices the embedding/LM head back to the true vocabulary and writes the true
+``vocab_size``, so the saved checkpoint is exactly the unpadded model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -17,16 +23,81 @@ from transformers import AutoModel, PreTrainedModel
 
 from hfssl.errors import HfsslError
 
+# Instance attribute (never in the config, so never in a checkpoint) holding the unpadded vocabulary size.
+_TRUE_VOCAB_ATTR = "_hfssl_true_vocab_size"
+
+
+def pad_vocab(model: PreTrainedModel, multiple: int) -> int:
+    """Pad ``model``'s input embedding and LM head (tied or not) to a multiple of ``multiple`` rows.
+
+    The extra rows are zero and stay zero: no input id reaches them, objectives that honour
+    ``true_vocab_size`` give their logits no probability (so no gradient), and AdamW's decay of
+    zero is zero. Training is then the unpadded model's training, on faster matmul shapes.
+    Returns the padded size.
+    """
+    vocab = true_vocab_size(model)
+    if multiple <= 1 or vocab % multiple == 0:
+        return model.config.vocab_size
+    model.resize_token_embeddings(vocab, pad_to_multiple_of=multiple, mean_resizing=False)
+    with torch.no_grad():
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if module is not None:
+                module.weight[vocab:].zero_()
+                if getattr(module, "bias", None) is not None:
+                    module.bias[vocab:].zero_()
+    setattr(model, _TRUE_VOCAB_ATTR, vocab)
+    return model.config.vocab_size
+
+
+def true_vocab_size(model: PreTrainedModel) -> int:
+    """The vocabulary the model really has: ``config.vocab_size`` unless ``pad_vocab`` padded it."""
+    return getattr(model, _TRUE_VOCAB_ATTR, None) or model.config.vocab_size
+
+
+def _vocab_param_names(model: PreTrainedModel) -> list[str]:
+    """State-dict names of the embedding/LM-head tensors with one row per vocabulary entry."""
+    targets = []
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            targets.append(module.weight)
+            if getattr(module, "bias", None) is not None:
+                targets.append(module.bias)
+    return [name for name, param in model.named_parameters(remove_duplicate=False)
+            if any(param is t for t in targets)]
+
+
+@contextlib.contextmanager
+def _unpadded_view(model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None
+                   ) -> Iterator[dict[str, torch.Tensor] | None]:
+    """The state dict to save with the padding sliced off, while ``model.config`` says the true size."""
+    vocab = true_vocab_size(model)
+    padded = model.config.vocab_size
+    if vocab == padded:
+        yield state_dict
+        return
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    for name in _vocab_param_names(model):
+        if name in state:  # slices of one tensor stay one storage: tied weights are still detected
+            state[name] = state[name][:vocab]
+    text_config = model.config.get_text_config()
+    text_config.vocab_size = vocab
+    try:
+        yield state
+    finally:
+        text_config.vocab_size = padded
+
 
 def export_pretrained(model: PreTrainedModel, processing_class: Any, output_dir: str,
                       state_dict: dict[str, torch.Tensor] | None = None) -> str:
     """``save_pretrained`` (safetensors) the model and its tokenizer/processor into ``output_dir``.
 
     ``state_dict`` is for sharded training (FSDP/DeepSpeed), where the full weights have to be
-    gathered first; otherwise the model's own weights are written.
+    gathered first; otherwise the model's own weights are written. A vocabulary padded by
+    ``pad_vocab`` is saved unpadded (weights and ``config.vocab_size``).
     """
     os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir, state_dict=state_dict)
+    with _unpadded_view(model, state_dict) as state:
+        model.save_pretrained(output_dir, state_dict=state)
     if processing_class is not None:
         processing_class.save_pretrained(output_dir)
     return output_dir
@@ -53,8 +124,8 @@ def auto_classes_for(model: PreTrainedModel) -> list[Any]:
     return classes
 
 
-def _example_inputs(config: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    vocab = getattr(config, "vocab_size", None)
+def _example_inputs(model: PreTrainedModel, device: torch.device) -> dict[str, torch.Tensor]:
+    vocab = true_vocab_size(model) if getattr(model.config, "vocab_size", None) else None
     if not vocab:
         raise ValueError("pass example_inputs for models without a vocabulary (e.g. vision backbones)")
     generator = torch.Generator().manual_seed(0)
@@ -88,10 +159,14 @@ def verify_reload(output_dir: str, model: PreTrainedModel, auto_class: Any = Aut
             raise HfsslError(f"{auto_class.__name__} loaded {type(reloaded).__name__} from {output_dir}, "
                              f"which matches neither {type(model).__name__} nor its base model")
 
-        def reference_output(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return _first_tensor(reference_module(**inputs))
+        vocab = true_vocab_size(model)
+        padded = reference_module is model and vocab != model.config.vocab_size
 
-    inputs = example_inputs if example_inputs is not None else _example_inputs(model.config, device)
+        def reference_output(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            output = _first_tensor(reference_module(**inputs))
+            return output[..., :vocab] if padded else output
+
+    inputs = example_inputs if example_inputs is not None else _example_inputs(model, device)
     was_training = model.training
     model.eval()
     reloaded.eval()

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from hfssl.config import DataArguments, ModelArguments, TrainingArguments
 from hfssl.errors import ConfigError, HfsslError
 from hfssl.logging import get_logger
+from hfssl.models.export import pad_vocab
 from hfssl.models.presets import build_config
 
 logger = get_logger(__name__)
@@ -93,7 +94,11 @@ def _read_json(path: str) -> Any:
 
 def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, *, max_seq_length: int,
                 default_model_type: str, auto_class: Any = AutoModelForCausalLM) -> PreTrainedModel:
-    """A stock model: ``--model_name_or_path`` to continue pretraining, else a size preset from scratch."""
+    """A stock model: ``--model_name_or_path`` to continue pretraining, else a size preset from scratch.
+
+    With ``--pad_vocab_size_to_multiple_of`` the embedding/LM head are padded for training
+    (``hfssl.models.export.pad_vocab``); the export still has the true vocabulary.
+    """
     if model_args.model_name_or_path:
         try:
             model = auto_class.from_pretrained(model_args.model_name_or_path)
@@ -113,6 +118,16 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit is not None and max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {max_seq_length} exceeds the model's {limit} positions")
+    multiple = model_args.pad_vocab_size_to_multiple_of
+    if multiple and multiple > 1:
+        # Only the causal-LM objective masks padded logits; any other loss would train on them.
+        if auto_class is not AutoModelForCausalLM:
+            raise ConfigError("--pad_vocab_size_to_multiple_of is supported for causal LMs (recipes/gpt_clm.py) only")
+        vocab = model.config.vocab_size
+        padded = pad_vocab(model, multiple)
+        if padded != vocab:
+            logger.info("training with the vocabulary padded from %d to %d rows (the export keeps %d)",
+                        vocab, padded, vocab)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.1fM parameters", type(model).__name__, n_params / 1e6)
     return model

@@ -186,16 +186,6 @@ def test_bf16_autocast_on_cpu_trains_fp32_master_weights_and_logs_to_tensorboard
     assert events, "no tensorboard event file written"
 
 
-@pytest.mark.slow
-def test_torch_compile_matches_eager(blocks, tiny_gpt2, train_args, tmp_path):
-    losses = {}
-    for compiled in (False, True):
-        args = train_args(output_dir=str(tmp_path / str(compiled)), max_steps=3, torch_compile=compiled)
-        train(objective=CausalLMObjective(), model=tiny_gpt2(), train_loader=blocks(4), args=args)
-        losses[compiled] = [r["loss"] for r in read_metrics(args.output_dir)]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
-
-
 @pytest.mark.gpu
 def test_cuda_bf16_run_logs_mfu(blocks, tiny_gpt2, train_args, monkeypatch):
     monkeypatch.setenv("HFSSL_PEAK_FLOPS", "1e12")  # MFU needs a peak; any GPU name then works

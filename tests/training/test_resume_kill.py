@@ -17,14 +17,15 @@ COMPARED = ("step", "loss", "accuracy", "lr", "grad_norm", "epoch", "eval_loss",
 
 
 def recipe_command(python_exe: str, repo_root: Path, tokenizer_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    # Dropout stays on (GPT-2 default 0.1) so the RNG states must be restored exactly too; the
-    # chunk-shuffled stream makes the data position matter.
+    # Dropout switched on (the presets have none) so the RNG states must be restored exactly too; the
+    # chunk-shuffled stream makes the data position matter. The recipe pads the vocabulary (400 -> 448).
     return [python_exe, str(repo_root / "recipes" / "gpt_clm.py"), "--tokenizer_name", str(tokenizer_dir),
             "--model_size", "tiny", "--max_seq_length", "32", "--per_device_train_batch_size", "4",
             "--max_steps", str(STEPS), "--checkpointing_steps", "10", "--logging_steps", "3",
             "--eval_steps", "50", "--max_eval_batches", "2", "--validation_split_documents", "8",
             "--learning_rate", "1e-3", "--warmup_steps", "10", "--lr_scheduler_type", "cosine",
-            "--save_total_limit", "3", "--shuffle_buffer_size", "64", "--output_dir", str(output_dir), *extra]
+            "--save_total_limit", "3", "--shuffle_buffer_size", "64", "--output_dir", str(output_dir),
+            "--config_overrides", "resid_pdrop=0.1,embd_pdrop=0.1,attn_pdrop=0.1", *extra]
 
 
 def env() -> dict[str, str]:
