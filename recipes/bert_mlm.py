@@ -41,10 +41,14 @@ class BertArguments:
     no_nsp: bool = field(default=False, metadata={"help": "MLM only, on packed full-length segments."})
     sop: bool = field(default=False, metadata={"help": "Sentence order prediction instead of NSP."})
     short_seq_prob: float = field(default=0.1, metadata={"help": "Share of shorter pairs (as original BERT)."})
+    max_predictions_per_seq: int | None = field(default=None, metadata={
+        "help": "Cap on the masked tokens per sequence (BERT's flag; default: round(mlm_probability x length))."})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"--mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
+            raise ValueError(f"--max_predictions_per_seq must be at least 1, got {self.max_predictions_per_seq}")
         if self.no_nsp and self.sop:
             raise ValueError("--sop needs sentence pairs; it cannot be combined with --no_nsp")
 
@@ -76,12 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         return nsp_pairs(docs, tokenizer, seq_len, short_seq_prob=bert_args.short_seq_prob, sop=bert_args.sop,
                          seed=args.seed)
 
-    collate = functools.partial(collate_padded, pad_token_id=tokenizer.pad_token_id)
+    collate = functools.partial(collate_padded, pad_token_id=tokenizer.pad_token_id, omit_full_mask=True)
     train_loader, eval_factory = build_loaders(data_args, args, examples, collate_fn=collate,
                                                accelerator=accelerator)
     objective = BertPretrainingObjective.from_tokenizer(
         tokenizer, vocab_size=model.config.vocab_size, mlm_probability=bert_args.mlm_probability,
-        nsp=not bert_args.no_nsp, whole_word_masking=bert_args.whole_word_masking)
+        nsp=not bert_args.no_nsp, whole_word_masking=bert_args.whole_word_masking,
+        max_predictions_per_seq=bert_args.max_predictions_per_seq)
     result = train(objective=objective, model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=tokenizer,
                    configs_to_record=(model_args, data_args, args, bert_args), accelerator=accelerator)

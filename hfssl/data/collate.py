@@ -36,12 +36,14 @@ def collate_fixed(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_padded(
-    examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int | None = 8
+    examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of: int | None = 8, omit_full_mask: bool = False
 ) -> dict[str, torch.Tensor]:
     """Right-pad variable-length examples and add ``attention_mask``.
 
     ``input_ids`` are padded with ``pad_token_id``, ``token_type_ids``/``position_ids`` with 0; other
     per-example scalars or lists (``next_sentence_label``, ...) become tensors as they are.
+    ``omit_full_mask`` leaves ``attention_mask`` out when no row is padded: transformers then needs no
+    mask at all (SDPA's flash kernel, and no device-to-host check of an all-ones mask every step).
     """
     if not examples:
         raise DataError("cannot collate an empty batch")
@@ -60,6 +62,8 @@ def collate_padded(
             batch[key] = out
         else:
             batch[key] = torch.as_tensor([ex[key] for ex in examples])
+    if omit_full_mask and min(lengths) == width:
+        return batch
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1

@@ -2,10 +2,10 @@
 
 Selection is *exact per sequence*, as in Google's ``create_pretraining_data.py``: each row
 gets ``round(p * n)`` targets (at least one), where ``n`` counts its maskable tokens
-(not special, not padding). Exact counts keep the number of MLM targets per batch stable,
-so the loss normalisation does not swing with the luck of a Bernoulli draw. Of the chosen
-tokens each one independently becomes ``[MASK]`` (80%), a random non-special token (10%)
-or stays unchanged (10%).
+(not special, not padding), capped at ``max_predictions_per_seq`` when one is given. Exact
+counts keep the number of MLM targets per batch stable, so the loss normalisation does not
+swing with the luck of a Bernoulli draw. Of the chosen tokens each one independently becomes
+``[MASK]`` (80%), a random non-special token (10%) or stays unchanged (10%).
 
 Whole-word masking uses the same code path: tokens are grouped into words (a word is a
 token plus its following ``##`` continuation pieces), words are visited in a random order
@@ -16,10 +16,16 @@ Token-level masking is the special case where every token starts its own word.
 
 Everything is vectorised (sort + scatter) so it runs on the GPU inside the objective and
 gives a fresh mask on every call (dynamic masking, RoBERTa style).
+
+Because the per-row count has a bound known from the batch *width* alone
+(:func:`max_targets_per_row`), the targets fit a fixed number of slots per row
+(:func:`prediction_positions`): the sparse MLM head then runs on a ``(batch, slots)`` gather with
+static shapes, without the device-to-host sync and the data-dependent shape of ``hidden[labels != -100]``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -66,17 +72,63 @@ def word_start_table(tokenizer, device: torch.device | str | None = None) -> tor
     return table.to(device)
 
 
+def _targets_per_row(n_candidates: torch.Tensor, mlm_probability: float,
+                     max_predictions_per_seq: int | None) -> torch.Tensor:
+    """``round(p * n)`` (at least 1 where ``n > 0``), capped at ``max_predictions_per_seq``: the rule
+    both the masking and the slot bound use, so the two can never disagree by a rounding step."""
+    target = torch.floor(n_candidates.float() * mlm_probability + 0.5).long()
+    target = torch.where(n_candidates > 0, target.clamp(min=1), target)
+    if max_predictions_per_seq is not None:
+        target = target.clamp(max=max_predictions_per_seq)
+    return target
+
+
+@functools.lru_cache(maxsize=256)
+def max_targets_per_row(seq_len: int, mlm_probability: float, max_predictions_per_seq: int | None = None) -> int:
+    """The most targets :func:`select_positions` can choose in a row of width ``seq_len``.
+
+    The count rises with the number of maskable tokens, which is at most ``seq_len``, so this is a
+    host-side bound from the shape alone (no device sync). Cached: it is asked once per step.
+    """
+    if max_predictions_per_seq is not None and max_predictions_per_seq < 1:
+        raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}")
+    # Same float32 arithmetic as the masking itself, on a CPU scalar.
+    return int(_targets_per_row(torch.tensor([seq_len]), mlm_probability, max_predictions_per_seq).item())
+
+
+def prediction_positions(labels: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Long ``(batch, num_slots)``: the positions of each row's targets (labels != -100) in ascending
+    order, then, in unused slots, positions of non-targets (their label is -100, so a gather of
+    ``labels`` at these positions pads the slots with the ignore index by itself).
+
+    Static shapes and no host sync (``topk`` on a key, not boolean indexing). A row with more than
+    ``num_slots`` targets would lose some, so ``num_slots`` must be at least the row maximum, e.g.
+    :func:`max_targets_per_row` for labels from :func:`mask_tokens`.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be (batch, seq), got shape {tuple(labels.shape)}")
+    seq = labels.shape[1]
+    if not 0 < num_slots <= seq:
+        raise ValueError(f"num_slots must be in [1, {seq}] for width {seq}, got {num_slots}")
+    arange = torch.arange(seq, device=labels.device)
+    # Targets keep their position as key, non-targets are pushed behind every target.
+    key = arange + (labels == IGNORE_INDEX).long() * seq
+    return torch.topk(key, num_slots, dim=1, largest=False, sorted=True).indices
+
+
 def select_positions(
     candidates: torch.Tensor,
     mlm_probability: float,
     *,
     word_starts: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    max_predictions_per_seq: int | None = None,
 ) -> torch.Tensor:
     """Bool ``(batch, seq)`` of positions to predict, chosen among ``candidates``.
 
     ``word_starts`` (bool, same shape) groups a token with the continuation tokens after
-    it; ``None`` means every token is its own word.
+    it; ``None`` means every token is its own word. ``max_predictions_per_seq`` caps the
+    per-row count (BERT's flag of that name): fewer targets are *chosen*, none is dropped later.
     """
     if not 0.0 < mlm_probability < 1.0:
         raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
@@ -90,9 +142,9 @@ def select_positions(
     starts |= ~candidates | prev_not_cand
     word_id = starts.long().cumsum(1) - 1                          # (B, S), word index of every token
 
-    n_cand = candidates.sum(1)
-    target = torch.floor(n_cand.float() * mlm_probability + 0.5).long()
-    target = torch.where(n_cand > 0, target.clamp(min=1), target)
+    if max_predictions_per_seq is not None and max_predictions_per_seq < 1:
+        raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}")
+    target = _targets_per_row(candidates.sum(1), mlm_probability, max_predictions_per_seq)
 
     ones = torch.ones_like(word_id)
     word_len = torch.zeros_like(word_id).scatter_add_(1, word_id, ones).gather(1, word_id)
@@ -130,6 +182,7 @@ def mask_tokens(
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
     generator: torch.Generator | None = None,
+    max_predictions_per_seq: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt ``input_ids`` (batch, seq) for MLM; returns ``(masked_input_ids, labels)``.
 
@@ -141,6 +194,8 @@ def mask_tokens(
     to also exclude special tokens that do not occur in the batch (``[UNK]``, say).
     ``labels`` hold the original id at chosen positions and -100 elsewhere. Inputs are not
     modified; all tensors (and ``generator``) must live on ``input_ids.device``.
+    ``max_predictions_per_seq`` caps the targets per row; a row never has more than
+    ``max_targets_per_row(seq, mlm_probability, max_predictions_per_seq)``.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
@@ -154,7 +209,8 @@ def mask_tokens(
         random_token_ids = random_token_candidates(vocab_size, [mask_token_id, *present], input_ids.device)
     if random_token_ids.numel() == 0:
         raise ValueError("random_token_ids is empty: the vocabulary has no ordinary tokens")
-    chosen = select_positions(~special, mlm_probability, word_starts=word_starts, generator=generator)
+    chosen = select_positions(~special, mlm_probability, word_starts=word_starts, generator=generator,
+                              max_predictions_per_seq=max_predictions_per_seq)
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
 
     u = _rand(input_ids.shape, input_ids.device, generator)

@@ -36,3 +36,14 @@ def test_collate_padded_pads_and_masks():
     assert batch["attention_mask"].tolist() == [[1] * 6 + [0] * 2, [1] * 5 + [0] * 3]
     assert batch["next_sentence_label"].tolist() == [1, 0]
     assert collate_padded(examples, pad_token_id=0, pad_to_multiple_of=None)["input_ids"].shape == (2, 6)
+
+
+def test_collate_padded_can_omit_an_all_ones_mask_but_never_a_real_one():
+    full = [{"input_ids": [2, 7, 8, 3, 9, 3, 4, 3]}, {"input_ids": [2, 5, 3, 6, 3, 1, 1, 3]}]
+    assert "attention_mask" not in collate_padded(full, pad_token_id=0, omit_full_mask=True)
+    assert collate_padded(full, pad_token_id=0)["attention_mask"].min().item() == 1  # default keeps it
+    ragged = [full[0], {"input_ids": [2, 5, 3]}]
+    assert collate_padded(ragged, pad_token_id=0, omit_full_mask=True)["attention_mask"][1].tolist() == [1] * 3 + [0] * 5
+    # A batch whose rows are equal but shorter than the multiple-of-8 width is padded: the mask stays.
+    short = [{"input_ids": [2, 7, 3]}, {"input_ids": [2, 5, 3]}]
+    assert "attention_mask" in collate_padded(short, pad_token_id=0, omit_full_mask=True)

