@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 4 and 5 in as few device calls as possible (each stage fits one
+# 10-minute call of the device tool; the session has 30 minutes of device time in all).
+#
+# Here, once:   bash scripts/device_wheels.sh            # datasets/evaluate/pyarrow wheels -> .whl/
+# Then, per device call (carry [".whl"]):
+#               bash benchmarks/gpu_suite.sh tests        # GPU tests: bf16 + torch.compile correctness
+#               bash benchmarks/gpu_suite.sh gpt          # issue 4: GPT-2 124M seq 1024 batch 32 bf16
+#               bash benchmarks/gpu_suite.sh gpt_levers   # issue 4: one-chunk loss, CUDA graphs, autotune
+#               bash benchmarks/gpu_suite.sh bert         # issue 5: BERT-base seq 128, every contender
+#               bash benchmarks/gpu_suite.sh bert512      # issue 5: BERT-base seq 512
+# Every stage writes its log and JSON lines under $OUT (or ./gpu_out without the device tool).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:-tests}"
+out="${OUT:-gpu_out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+if [ -d .whl ] && ! python3 -c "import datasets" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed" >&2; exit 1; }
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers, accelerate, datasets; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| datasets', datasets.__version__)"
+} 2>&1 | tee "$out/versions.txt"
+
+bench() {  # name, then train_throughput.py flags; keeps the last (JSON) line in $out/name.json
+  local name="$1"; shift
+  python3 benchmarks/train_throughput.py "$@" 2>&1 | tee "$out/$name.log" | tail -n 1 > "$out/$name.json"
+}
+
+case "$stage" in
+  tests)
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" ;;
+  gpt)
+    bench gpt_124m_seq1024 --recipe gpt --steps 20 --warmup_steps 5 ;;
+  gpt_levers)  # which of the levers pays; the winner becomes the recipe default
+    bench gpt_one_chunk --recipe gpt --steps 20 --warmup_steps 5 --contenders hfssl_compile --loss_chunk_size 65536
+    bench gpt_cudagraphs --recipe gpt --steps 20 --warmup_steps 5 --contenders hfssl_compile \
+      --torch_compile_mode reduce-overhead
+    bench gpt_autotune --recipe gpt --steps 20 --warmup_steps 5 --contenders hfssl_compile \
+      --torch_compile_mode max-autotune-no-cudagraphs ;;
+  bert)
+    bench bert_base_seq128 --recipe bert --seq_len 128 --steps 20 --warmup_steps 5 ;;
+  bert512)
+    bench bert_base_seq512 --recipe bert --seq_len 512 --steps 10 --warmup_steps 5 \
+      --contenders hfssl_nsp_compile,hfssl_mlm_compile,hf_trainer_compile ;;
+  *)
+    echo "unknown stage $stage: tests, gpt, gpt_levers, bert or bert512" >&2; exit 2 ;;
+esac
