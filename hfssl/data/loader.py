@@ -17,10 +17,18 @@ How it works (and why it is exact):
   waits on a rank that ran out. With ``drop_last=False`` the tail is split round-robin too, and kept only
   if every rank gets at least one example.
 * **Resume.** The state is the epoch and the number of stream examples consumed by the batches already
-  handed out (plus the settings that define the order). Resuming replays the stream up to the current
-  shuffle chunk (re-reading, and re-tokenizing for packed streams, the consumed part of the epoch), re-
-  permutes that chunk identically and continues: the batches are exactly those of the uninterrupted run.
-  The position counts *global* examples, so a run may even resume with a different ``world_size``.
+  handed out (plus the settings that define the order). Resuming restarts the stream at the current
+  shuffle chunk (or, without shuffling, at the current position), re-permutes that chunk identically and
+  continues: the batches are exactly those of the uninterrupted run. The position counts *global*
+  examples, so a run may even resume with a different ``world_size``.
+* **Resume cost.** A dataset with an ``iter_with_cursors(cursor=None)`` method (``pack_clm`` and
+  ``pack_mlm_segments`` have one) yields ``(example, cursor)`` pairs, where the JSON-able cursor restarts
+  the stream right after that example. The state keeps the cursor of the current chunk's start, so a
+  resume tokenizes at most about one shuffle chunk again (the documents before it are only read).
+  Any other dataset (``nsp_pairs``, whose pairing draws on a lookahead pool and an RNG; a ``.map()`` or
+  ``.take()`` of a packed stream; user datasets) is *replayed* from the epoch start up to the current
+  chunk: still exact, but a packed stream re-tokenizes everything consumed in the epoch. Checkpoints
+  written without a cursor are replayed too.
 
 ``num_workers > 0`` builds batches in a background thread (tokenizers release the GIL), ``num_workers``
 batches ahead; the state still describes the batches handed out, not the ones prefetched.
@@ -77,6 +85,9 @@ class StatefulLoader:
         # Examples of the (shuffled) global stream consumed by the batches handed out in this epoch.
         self.position = 0
         self.batches_in_epoch = 0
+        # Where a resume restarts the stream: {"index": global example index, "cursor": dataset cursor}, or
+        # None to replay from the epoch start (datasets without cursors, or still inside the first chunk).
+        self.resume_point: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ state
     def set_epoch(self, epoch: int) -> None:
@@ -86,6 +97,7 @@ class StatefulLoader:
             self.epoch = int(epoch)
             self.position = 0
             self.batches_in_epoch = 0
+            self.resume_point = None
 
     def state_dict(self) -> dict[str, Any]:
         """A JSON-able snapshot: resuming from it continues with the next batch."""
@@ -97,6 +109,7 @@ class StatefulLoader:
             "seed": self.seed,
             "shuffle_buffer_size": self.shuffle_buffer_size,
             "global_batch_size": self.batch_size * self.world_size,
+            "resume_point": self.resume_point,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,68 +124,93 @@ class StatefulLoader:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self.batches_in_epoch = int(state.get("batches_in_epoch", 0))
+        # Absent in checkpoints written before cursors existed: those replay (exact, slower).
+        self.resume_point = state.get("resume_point")
 
     # ------------------------------------------------------------------ iteration
-    def _ordered_stream(self, start: int) -> Iterator[dict]:
-        """The epoch's (chunk-shuffled) example stream from global index ``start``."""
+    def _source(self, start: int) -> tuple[int, Iterator[tuple[dict, Any]]]:
+        """The epoch's unshuffled stream as ``(example, cursor after it)`` pairs (cursor ``None`` when the
+        dataset has none), and the global index of its first example: at most ``start``."""
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)  # only matters if the user added their own datasets shuffle
-        it = iter(self.dataset)
+        iter_with_cursors = getattr(self.dataset, "iter_with_cursors", None)
+        if iter_with_cursors is None:
+            return 0, ((ex, None) for ex in self.dataset)
+        point = self.resume_point
+        if point is not None and point["index"] <= start:
+            return int(point["index"]), iter_with_cursors(point["cursor"])
+        return 0, iter_with_cursors(None)
+
+    def _ordered_stream(self, start: int) -> Iterator[tuple[dict, dict | None]]:
+        """The epoch's (chunk-shuffled) example stream from global index ``start``, each example with the
+        resume point for the position right after it (see ``resume_point``)."""
         B = self.shuffle_buffer_size
-        if B <= 1:
-            for _ in range(start):
-                if next(it, _STOP) is _STOP:
-                    return
-            yield from it
-            return
-        first_chunk, offset = divmod(start, B)
-        for _ in range(first_chunk * B):  # replay: chunks before the current one are skipped unread
-            if next(it, _STOP) is _STOP:
+        first_chunk, offset = divmod(start, B) if B > 1 else (start, 0)
+        index, it = self._source(first_chunk * max(B, 1))
+        point = self.resume_point if index > 0 else None
+        for _ in range(first_chunk * max(B, 1) - index):  # replay: examples before the restart are skipped
+            item = next(it, _STOP)
+            if item is _STOP:
                 return
+            index += 1
+            point = _point(index, item[1])
+        if B <= 1:
+            for example, cursor in it:
+                index += 1
+                yield example, _point(index, cursor)
+            return
         chunk_index = first_chunk
         while True:
-            chunk = [ex for _, ex in zip(range(B), it)]
+            chunk = [item for _, item in zip(range(B), it)]
             if not chunk:
                 return
             rng = np.random.default_rng([self.seed, self.epoch, chunk_index])
             order = rng.permutation(len(chunk))
-            for i in order[offset:]:
-                yield chunk[i]
+            # Inside a chunk a resume restarts at the chunk; after its last example, at the next one.
+            end_point = _point(index + B, chunk[-1][1]) if len(chunk) == B else point
+            for k in range(offset, len(chunk)):
+                yield chunk[order[k]][0], end_point if k == len(chunk) - 1 else point
             offset = 0
             chunk_index += 1
+            index += B
+            point = end_point
             if len(chunk) < B:
                 return
 
-    def _batches(self) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
-        """(batch for this rank, global position after it) pairs from the current position."""
+    def _batches(self) -> Iterator[tuple[dict[str, torch.Tensor], int, dict | None]]:
+        """(batch for this rank, global position after it, resume point there) from the current position."""
         G = self.batch_size * self.world_size
         position = self.position
         stream = self._ordered_stream(position)
         while True:
-            group = [ex for _, ex in zip(range(G), stream)]
+            group = [item for _, item in zip(range(G), stream)]
             if not group:
                 return
+            examples = [ex for ex, _ in group]
+            point = group[-1][1]
             if len(group) < G:
-                mine = group[self.rank :: self.world_size]
+                mine = examples[self.rank :: self.world_size]
                 # Keep a short tail only if every rank gets some of it (equal batch counts).
                 if self.drop_last or len(group) < self.world_size:
                     return
-                yield self.collate_fn(mine), position + len(group)
+                yield self.collate_fn(mine), position + len(group), point
                 return
             position += G
-            yield self.collate_fn(group[self.rank :: self.world_size]), position
+            yield self.collate_fn(examples[self.rank :: self.world_size]), position, point
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         source = self._batches() if self.num_workers == 0 else self._prefetched()
-        for batch, position in source:
+        for batch, position, point in source:
             self.position = position
+            self.resume_point = point
             self.batches_in_epoch += 1
             yield batch
         # A finished pass starts over (same order) if iterated again without set_epoch.
         self.position = 0
         self.batches_in_epoch = 0
+        self.resume_point = None
 
-    def _prefetched(self) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    def _prefetched(self) -> Iterator[tuple[dict[str, torch.Tensor], int, dict | None]]:
         q: queue.Queue = queue.Queue(maxsize=max(1, self.num_workers))
         stop = threading.Event()
 
@@ -207,3 +245,8 @@ class StatefulLoader:
         finally:
             stop.set()
             thread.join(timeout=10)
+
+
+def _point(index: int, cursor: Any) -> dict[str, Any] | None:
+    """A resume point: restart the stream at global example ``index`` from ``cursor`` (None: no cursor)."""
+    return None if cursor is None else {"index": index, "cursor": cursor}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from hfssl.errors import ConfigError
+from hfssl.errors import ConfigError, DataError
 
 DOC_BATCH_SIZE = 64  # documents per encode_batch call: enough to amortise the Python <-> Rust crossing
 MAX_BATCH_CHARS = (
@@ -78,9 +78,9 @@ def split_long_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
 def iter_token_chunks(
     texts: Iterable[str],
     tokenizer,
-    batch_size: int = DOC_BATCH_SIZE,
-    max_batch_chars: int = MAX_BATCH_CHARS,
-    max_piece_chars: int = MAX_PIECE_CHARS,
+    batch_size: int | None = None,
+    max_batch_chars: int | None = None,
+    max_piece_chars: int | None = None,
 ) -> Iterator[tuple[list[int], bool, bool]]:
     """``(ids, starts_document, ends_document)`` for each text, in order, in pieces of bounded size.
 
@@ -89,24 +89,70 @@ def iter_token_chunks(
     characters, and documents longer than ``max_piece_chars`` are encoded in pieces (see
     :func:`split_long_text`). Empty documents yield one empty chunk that starts and ends them.
     """
+    for _, piece, ids, last in iter_indexed_token_chunks(
+        texts, tokenizer, batch_size=batch_size, max_batch_chars=max_batch_chars, max_piece_chars=max_piece_chars
+    ):
+        yield ids, piece == 0, last
+
+
+def iter_indexed_token_chunks(
+    texts: Iterable[str],
+    tokenizer,
+    *,
+    start_document: int = 0,
+    start_piece: int = 0,
+    batch_size: int | None = None,
+    max_batch_chars: int | None = None,
+    max_piece_chars: int | None = None,
+) -> Iterator[tuple[int, int, list[int], bool]]:
+    """``(document index, piece index, ids, is_last_piece)``, as :func:`iter_token_chunks`, from piece
+    ``start_piece`` of document ``start_document`` on.
+
+    The documents before the start are read but never tokenized, so a resumed stream costs only reading the
+    text up to the resume point. Pieces are a pure function of the text and each piece is encoded on its own
+    (a batch only groups calls), so the ids are exactly those of an uninterrupted pass.
+    """
+    # None: the module's limits, read now (not at import) so tests can shrink them.
+    batch_size = batch_size or DOC_BATCH_SIZE
+    max_batch_chars = max_batch_chars or MAX_BATCH_CHARS
+    max_piece_chars = max_piece_chars or MAX_PIECE_CHARS
     encode = make_encoder(tokenizer)
     batch: list[str] = []
-    flags: list[tuple[bool, bool]] = []
+    meta: list[tuple[int, int, bool]] = []
     chars = 0
-    for text in texts:
+    seen = 0
+    for doc, text in enumerate(texts):
+        seen = doc + 1
+        if doc < start_document:
+            continue  # skipped unread by the tokenizer: the point of resuming from a cursor
         pieces = split_long_text(text, max_piece_chars)
-        for i, piece in enumerate(pieces):
+        first = 0
+        if doc == start_document and start_piece:
+            if start_piece >= len(pieces):
+                raise DataError(_changed(f"document {doc} has {len(pieces)} pieces, not more than {start_piece}"))
+            first = start_piece
+        for i in range(first, len(pieces)):
+            piece = pieces[i]
             batch.append(piece)
-            flags.append((i == 0, i == len(pieces) - 1))
+            meta.append((doc, i, i == len(pieces) - 1))
             chars += len(piece)
             if len(batch) >= batch_size or chars >= max_batch_chars:
-                yield from ((ids, start, end) for ids, (start, end) in zip(encode(batch), flags))
-                batch, flags, chars = [], [], 0
+                yield from ((d, i, ids, last) for ids, (d, i, last) in zip(encode(batch), meta))
+                batch, meta, chars = [], [], 0
+    if seen < start_document:
+        raise DataError(_changed(f"it has {seen} documents, the resume point is at document {start_document}"))
     if batch:
-        yield from ((ids, start, end) for ids, (start, end) in zip(encode(batch), flags))
+        yield from ((d, i, ids, last) for ids, (d, i, last) in zip(encode(batch), meta))
 
 
-def iter_token_ids(texts: Iterable[str], tokenizer, batch_size: int = DOC_BATCH_SIZE) -> Iterator[list[int]]:
+def _changed(detail: str) -> str:
+    return (
+        f"cannot resume the data stream: the corpus changed since the checkpoint ({detail}); resume with the "
+        "same data and tokenizer"
+    )
+
+
+def iter_token_ids(texts: Iterable[str], tokenizer, batch_size: int | None = None) -> Iterator[list[int]]:
     """Token ids (no special tokens) of each whole text, in order (see :func:`iter_token_chunks`)."""
     current: list[int] = []
     for ids, _, ends in iter_token_chunks(texts, tokenizer, batch_size):
