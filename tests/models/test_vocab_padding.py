@@ -58,7 +58,7 @@ def test_padded_model_has_the_unpadded_loss_gradients_and_accuracy(model_type, t
         if grad.shape != param.grad.shape:  # embedding / LM head: padded rows get exactly nothing
             assert not grad[VOCAB:].any(), name
             grad = grad[:VOCAB]
-        torch.testing.assert_close(grad, param.grad, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_padding_is_a_no_op_when_the_size_already_divides():
