@@ -67,6 +67,12 @@ def _register() -> None:
     AttentionMaskInterface.register(HFSSL_SDPA, _causal_mask_or_none)
 
 
+def is_generative(model: PreTrainedModel) -> bool:
+    """Whether ``model`` is a generative (causal) LM: transformers' own ``can_generate()``."""
+    can_generate = getattr(model, "can_generate", None)
+    return callable(can_generate) and bool(can_generate())
+
+
 def use_causal_sdpa_shortcut(model: PreTrainedModel) -> bool:
     """Switch a causal LM that uses ``sdpa`` to ``hfssl_sdpa`` (same numbers, no mask for plain causal
     batches under compile). Returns whether it switched; other models and attention types are left alone.
@@ -74,8 +80,7 @@ def use_causal_sdpa_shortcut(model: PreTrainedModel) -> bool:
     config = model.config
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    can_generate = getattr(model, "can_generate", None)
-    if not (callable(can_generate) and can_generate()):
+    if not is_generative(model):
         return False
     try:
         _register()

@@ -40,11 +40,8 @@ def pad_vocab(model: PreTrainedModel, multiple: int) -> int:
         return model.config.vocab_size
     model.resize_token_embeddings(vocab, pad_to_multiple_of=multiple, mean_resizing=False)
     with torch.no_grad():
-        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if module is not None:
-                module.weight[vocab:].zero_()
-                if getattr(module, "bias", None) is not None:
-                    module.bias[vocab:].zero_()
+        for tensor in _vocab_tensors(model):
+            tensor[vocab:].zero_()
     setattr(model, _TRUE_VOCAB_ATTR, vocab)
     return model.config.vocab_size
 
@@ -54,14 +51,20 @@ def true_vocab_size(model: PreTrainedModel) -> int:
     return getattr(model, _TRUE_VOCAB_ATTR, None) or model.config.vocab_size
 
 
-def _vocab_param_names(model: PreTrainedModel) -> list[str]:
-    """State-dict names of the embedding/LM-head tensors with one row per vocabulary entry."""
-    targets = []
+def _vocab_tensors(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The embedding/LM-head weights and biases with one row per vocabulary entry (a tied one twice)."""
+    tensors = []
     for module in (model.get_input_embeddings(), model.get_output_embeddings()):
         if module is not None:
-            targets.append(module.weight)
+            tensors.append(module.weight)
             if getattr(module, "bias", None) is not None:
-                targets.append(module.bias)
+                tensors.append(module.bias)
+    return tensors
+
+
+def _vocab_param_names(model: PreTrainedModel) -> list[str]:
+    """State-dict names of the embedding/LM-head tensors with one row per vocabulary entry."""
+    targets = _vocab_tensors(model)
     return [name for name, param in model.named_parameters(remove_duplicate=False)
             if any(param is t for t in targets)]
 

@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from hfssl.config import TrainingArguments
 from hfssl.errors import ConfigError, DataError, HfsslError
 from hfssl.logging import get_logger, setup_logging
-from hfssl.models.attention import use_causal_sdpa_shortcut, use_stock_sdpa
+from hfssl.models.attention import is_generative, use_causal_sdpa_shortcut, use_stock_sdpa
 from hfssl.models.export import auto_classes_for, export_pretrained, verify_reload
 from hfssl.objectives.base import Objective, ObjectiveOutput
 from hfssl.run_info import config_dict, write_run_info
@@ -151,8 +151,7 @@ def use_regional_compilation(args: TrainingArguments, backbone: PreTrainedModel)
     """
     if args.use_regional_compilation is not None:
         return args.use_regional_compilation
-    can_generate = getattr(backbone, "can_generate", None)
-    return not (callable(can_generate) and can_generate())
+    return not is_generative(backbone)
 
 
 def compile_module(module: ObjectiveModule, args: TrainingArguments) -> str:

@@ -248,6 +248,22 @@ def loss_and_grads(model, compute) -> tuple[dict[str, torch.Tensor], torch.Tenso
     return {k: v.detach() for k, v in sums.items()}, correct, grads
 
 
+def assert_sparse_head_matches_boolean_indexing(model, objective, batch) -> None:
+    """The objective's slot head gives the former head's loss sums, accuracy and every gradient."""
+
+    def sparse():
+        out = objective(model, batch)
+        return out.loss_sums, out.metric_sums["mlm/accuracy"]
+
+    got, got_correct, got_grads = loss_and_grads(model, sparse)
+    want, want_correct, want_grads = loss_and_grads(model, lambda: boolean_indexing_reference(model, batch))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert got_correct.item() == want_correct.item()
+    assert set(got_grads) == set(want_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("whole_word,cap", [(False, None), (True, None), (False, 3), (True, 4)])
 def test_static_slots_match_boolean_indexing_exactly(tokenizer, whole_word, cap):
     model = tiny_bert(len(tokenizer))
@@ -262,18 +278,8 @@ def test_static_slots_match_boolean_indexing_exactly(tokenizer, whole_word, cap)
     if cap is not None:
         assert counts.max() == cap
 
-    def sparse():
-        out = objective(model, batch)
-        return out.loss_sums, out.metric_sums["mlm/accuracy"]
-
-    got, got_correct, got_grads = loss_and_grads(model, sparse)
-    want, want_correct, want_grads = loss_and_grads(model, lambda: boolean_indexing_reference(model, batch))
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
-    assert got_correct.item() == want_correct.item()
+    assert_sparse_head_matches_boolean_indexing(model, objective, batch)
     assert objective.target_counts(batch)["mlm"].item() == counts.sum().item()
-    assert set(got_grads) == set(want_grads)
-    for name in want_grads:
-        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_hand_made_labels_beyond_the_masking_bound_are_all_scored(tokenizer):
@@ -288,16 +294,7 @@ def test_hand_made_labels_beyond_the_masking_bound_are_all_scored(tokenizer):
     batch["labels"] = labels
     assert (labels[0] != IGNORE_INDEX).sum() > max_targets_per_row(labels.shape[1], 0.15)
 
-    def sparse():
-        out = objective(model, batch)
-        return out.loss_sums, out.metric_sums["mlm/accuracy"]
-
-    got, got_correct, got_grads = loss_and_grads(model, sparse)
-    want, want_correct, want_grads = loss_and_grads(model, lambda: boolean_indexing_reference(model, batch))
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
-    assert got_correct.item() == want_correct.item()
-    for name in want_grads:
-        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert_sparse_head_matches_boolean_indexing(model, objective, batch)
 
 
 def test_target_counts_are_device_tensors_of_the_right_size(tokenizer):
