@@ -197,6 +197,9 @@ def run(model_args: FinetuneArguments, data_args: GlueDataArguments) -> dict[str
         os.replace(path + ".tmp", path)
         print(render(results), flush=True)
         logger.info("wrote %s", path)
+    # Tear the process group down here: left to interpreter exit, gloo's threads can abort a rank.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return results
 
 
