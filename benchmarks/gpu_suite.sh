@@ -9,6 +9,7 @@
 #               bash benchmarks/gpu_suite.sh gpt_levers   # issue 4: one-chunk loss, CUDA graphs, autotune
 #               bash benchmarks/gpu_suite.sh bert         # issue 5: BERT-base seq 128, every contender
 #               bash benchmarks/gpu_suite.sh bert512      # issue 5: BERT-base seq 512
+#               bash benchmarks/gpu_suite.sh vit          # ViT-B/16 224px SimMIM vs the run_mim.py Trainer path
 # Every stage writes its log and JSON lines under $OUT (or ./gpu_out without the device tool).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,8 @@ case "$stage" in
   bert512)
     bench bert_base_seq512 --recipe bert --seq_len 512 --steps 10 --warmup_steps 5 \
       --contenders hfssl_nsp_compile,hfssl_mlm_compile,hf_trainer_compile ;;
+  vit)  # 8 decoding workers each side: at 224 px one process decodes only a few hundred images/s
+    bench vit_base_224 --recipe vit --steps 20 --warmup_steps 5 --dataloader_num_workers 8 ;;
   *)
-    echo "unknown stage $stage: tests, gpt, gpt_levers, bert or bert512" >&2; exit 2 ;;
+    echo "unknown stage $stage: tests, gpt, gpt_levers, bert, bert512 or vit" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py --recipe gpt [--steps 10 --contenders hfssl,hf_trainer]
     .venv/bin/python benchmarks/train_throughput.py --recipe bert [...]
+    .venv/bin/python benchmarks/train_throughput.py --recipe vit [...]   # SimMIM vs the run_mim.py Trainer path
 
 Every other flag goes to ``benchmarks/_<recipe>_bench.py`` (see its --help). The last stdout line
 is one JSON object with all figures and ratios.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RECIPES = ("gpt", "bert")
+RECIPES = ("gpt", "bert", "vit")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,29 @@ class ModelArguments:
 
 
 @dataclass
+class VisionModelArguments:
+    """ViT backbone flags (names as transformers' run_mim.py)."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Continue pretraining from this ViT checkpoint (dir or Hub id)."}
+    )
+    model_size: str = field(default="tiny", metadata={"help": "Size preset: tiny, mini, small (ViT-S) or base (ViT-B)."})
+    config_overrides: Optional[str] = field(
+        default=None, metadata={"help": 'Override preset fields, e.g. "num_hidden_layers=6,hidden_size=256".'}
+    )
+    image_size: int = field(default=32, metadata={"help": "Square input resolution (pixels) when training from scratch."})
+    patch_size: int = field(default=4, metadata={"help": "Patch size (pixels) when training from scratch."})
+    image_processor_name: Optional[str] = field(
+        default=None, metadata={"help": "Image processor dir or Hub id (default: the checkpoint's, or a new one)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1 or self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ValueError(f"--image_size ({self.image_size}) must be a positive multiple of --patch_size "
+                             f"({self.patch_size})")
+
+
+@dataclass
 class DataArguments:
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config."})

@@ -16,6 +16,19 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the one at set-up time, so a
+    later ``contextlib.redirect_stderr`` (or pytest's capture) still sees the log and no closed stream is hit."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(is_main_process: bool = True, level: int | None = None) -> None:
     """Configure the ``hfssl`` logger and quiet the libraries on non-main ranks.
 
@@ -25,7 +38,7 @@ def setup_logging(is_main_process: bool = True, level: int | None = None) -> Non
         level = logging.INFO if is_main_process else logging.WARNING
     root = logging.getLogger("hfssl")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level)

@@ -136,13 +136,15 @@ def _glue_eval_results(results: dict) -> list[EvalResult]:
     return out
 
 
-def _lm_eval_results(all_results: dict, pipeline_tag: str, dataset: str | None) -> list[EvalResult]:
+def _lm_eval_results(all_results: dict, pipeline_tag: str, dataset: str | None, is_vision: bool = False
+                     ) -> list[EvalResult]:
     out = []
+    kind, held_out = ("image", "held-out images") if is_vision else ("text", "held-out text")
     for key, metric in (("eval_perplexity", "perplexity"), ("eval_loss", "loss")):
         value = all_results.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             out.append(EvalResult(
-                task_type=pipeline_tag, dataset_type=dataset or "text", dataset_name=dataset or "held-out text",
+                task_type=pipeline_tag, dataset_type=dataset or kind, dataset_name=dataset or held_out,
                 dataset_split="validation", metric_type=metric, metric_name=f"eval {metric}",
                 metric_value=round(float(value), 4),
             ))
@@ -261,13 +263,14 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     base_model = flags.get("model_name_or_path")
     base_model = base_model if _is_hub_id(base_model) and "/" in str(base_model) else None
 
-    tags = ["hfssl", "self-supervised", *_objective_tags(flags.get("objective"), architectures)]
+    objective = flags.get("objective") or flags.get("pretext_task")
+    tags = ["hfssl", "self-supervised", *_objective_tags(objective, architectures)]
     if model_type:
         tags.append(str(model_type))
-    eval_results = _glue_eval_results(glue) + _lm_eval_results(all_results, pipeline_tag, dataset)
+    eval_results = _glue_eval_results(glue) + _lm_eval_results(all_results, pipeline_tag, dataset, is_vision)
     data = ModelCardData(
         library_name="transformers", license=license or flags.get("license") or DEFAULT_LICENSE,
-        language=language or flags.get("language") or "en", tags=tags, datasets=[dataset] if dataset else None,
+        language=language or flags.get("language") or (None if is_vision else "en"), tags=tags, datasets=[dataset] if dataset else None,
         pipeline_tag=pipeline_tag, base_model=base_model, model_name=name,
         eval_results=eval_results or None, metrics=sorted({r.metric_type for r in eval_results}) or None,
     )
@@ -315,8 +318,9 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
         results_lines.append(f"- Steps logged: {int(train[-1][0]):,}; final training loss {train[-1][1]:.4f}")
     if evals:
         best = min(evals, key=lambda p: p[1])
-        results_lines.append(f"- Best eval loss {best[1]:.4f} (perplexity {math.exp(min(best[1], 50)):.2f}) "
-                             f"at step {int(best[0]):,}")
+        # A perplexity only means something for a loss over a vocabulary.
+        ppl = "" if is_vision else f" (perplexity {math.exp(min(best[1], 50)):.2f})"
+        results_lines.append(f"- Best eval loss {best[1]:.4f}{ppl} at step {int(best[0]):,}")
     table = _results_table(all_results)
     if plot and (train or evals):
         render_loss_curve(train, evals, plot_path or out / LOSS_PLOT, title=f"{name}: loss")

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModel, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from hfssl.errors import HfsslError
 
@@ -46,9 +47,10 @@ def pad_vocab(model: PreTrainedModel, multiple: int) -> int:
     return model.config.vocab_size
 
 
-def true_vocab_size(model: PreTrainedModel) -> int:
-    """The vocabulary the model really has: ``config.vocab_size`` unless ``pad_vocab`` padded it."""
-    return getattr(model, _TRUE_VOCAB_ATTR, None) or model.config.vocab_size
+def true_vocab_size(model: PreTrainedModel) -> int | None:
+    """The vocabulary the model really has: ``config.vocab_size`` unless ``pad_vocab`` padded it
+    (None for models without a vocabulary, such as vision backbones)."""
+    return getattr(model, _TRUE_VOCAB_ATTR, None) or getattr(model.config, "vocab_size", None)
 
 
 def _vocab_tensors(model: PreTrainedModel) -> list[torch.Tensor]:
@@ -74,7 +76,7 @@ def _unpadded_view(model: PreTrainedModel, state_dict: dict[str, torch.Tensor] |
                    ) -> Iterator[dict[str, torch.Tensor] | None]:
     """The state dict to save with the padding sliced off, while ``model.config`` says the true size."""
     vocab = true_vocab_size(model)
-    padded = model.config.vocab_size
+    padded = getattr(model.config, "vocab_size", None)
     if vocab == padded:
         yield state_dict
         return
@@ -128,10 +130,14 @@ def auto_classes_for(model: PreTrainedModel) -> list[Any]:
 
 
 def _example_inputs(model: PreTrainedModel, device: torch.device) -> dict[str, torch.Tensor]:
-    vocab = true_vocab_size(model) if getattr(model.config, "vocab_size", None) else None
-    if not vocab:
-        raise ValueError("pass example_inputs for models without a vocabulary (e.g. vision backbones)")
     generator = torch.Generator().manual_seed(0)
+    if model.main_input_name == "pixel_values":
+        size = model.config.image_size
+        pixels = torch.randn(2, model.config.num_channels, size, size, generator=generator)
+        return {"pixel_values": pixels.to(device)}
+    vocab = true_vocab_size(model)
+    if not vocab:
+        raise ValueError(f"pass example_inputs for {type(model).__name__}: it takes neither input_ids nor pixel_values")
     ids = torch.randint(0, vocab, (2, 12), generator=generator)
     return {"input_ids": ids.to(device)}
 
@@ -152,7 +158,13 @@ def verify_reload(output_dir: str, model: PreTrainedModel, auto_class: Any = Aut
     ``atol`` or the reloaded class is not the expected one.
     """
     device = next(model.parameters()).device
-    reloaded = auto_class.from_pretrained(output_dir).to(device)
+    # A head-less class reports the heads it drops (or a pooler it adds) at warning level: expected here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        reloaded = auto_class.from_pretrained(output_dir).to(device)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if reference_output is None:
         if type(reloaded) is type(model):
             reference_module = model
@@ -163,7 +175,7 @@ def verify_reload(output_dir: str, model: PreTrainedModel, auto_class: Any = Aut
                              f"which matches neither {type(model).__name__} nor its base model")
 
         vocab = true_vocab_size(model)
-        padded = reference_module is model and vocab != model.config.vocab_size
+        padded = reference_module is model and vocab is not None and vocab != model.config.vocab_size
 
         def reference_output(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             output = _first_tensor(reference_module(**inputs))

@@ -43,6 +43,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# ViT presets follow the DeiT/ViT widths (Ti 192, S 384, B 768); image and patch size are recipe flags,
+# since the right patch grid depends on the images more than on the width.
+VISION_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256},
+    "mini": {"num_hidden_layers": 4, "hidden_size": 192, "num_attention_heads": 3, "intermediate_size": 768},
+    "small": {"num_hidden_layers": 12, "hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536},
+    "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+
 _POSITION_FIELD = {"gpt2": "n_positions", "llama": "max_position_embeddings", "bert": "max_position_embeddings"}
 
 
@@ -108,6 +117,24 @@ def build_config(
         kwargs[_POSITION_FIELD[model_type]] = max_position_embeddings
     kwargs.update(extra)
     config = AutoConfig.for_model(model_type, **kwargs)
+    for key, value in parse_config_overrides(config_overrides, config).items():
+        setattr(config, key, value)
+    return config
+
+
+def build_vision_config(model_size: str = "tiny", *, image_size: int, patch_size: int,
+                        config_overrides: str | None = None) -> PretrainedConfig:
+    """Stock ``ViTConfig`` at ``model_size`` for ``image_size`` images cut in ``patch_size`` patches.
+
+    ``encoder_stride`` equals the patch size so ``ViTForMaskedImageModeling`` (SimMIM) reconstructs
+    the full image from the same config.
+    """
+    if model_size not in VISION_PRESETS:
+        raise ConfigError(f"unknown --model_size {model_size!r}; choose from {', '.join(VISION_PRESETS)}")
+    if patch_size < 1 or image_size % patch_size:
+        raise ConfigError(f"--image_size {image_size} must be a multiple of --patch_size {patch_size}")
+    config = AutoConfig.for_model("vit", image_size=image_size, patch_size=patch_size, encoder_stride=patch_size,
+                                  **VISION_PRESETS[model_size])
     for key, value in parse_config_overrides(config_overrides, config).items():
         setattr(config, key, value)
     return config

@@ -52,3 +52,8 @@ class Objective(nn.Module):
 
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Input positions the backbone processes in this batch (throughput across objectives):
+        tokens for text; vision objectives count patches."""
+        return batch["input_ids"].numel() if "input_ids" in batch else 0

@@ -401,7 +401,7 @@ class TrainingRun:
                 loss = sum(out.loss_sums[t] / denom[j] for j, t in enumerate(terms)) * self.world
                 self.accelerator.backward(loss)
             step_loss += loss.detach() / self.world
-            self.window.add(out, counts[i], batch["input_ids"].numel() if "input_ids" in batch else 0)
+            self.window.add(out, counts[i], self.objective.input_tokens(batch))
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.module.parameters(), max_norm)
         bad = ~torch.isfinite(step_loss)

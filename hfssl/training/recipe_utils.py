@@ -180,6 +180,50 @@ def build_loaders(data_args: DataArguments, args: TrainingArguments,
     return train_loader, eval_factory
 
 
+def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: int, accelerator: Accelerator
+                        ) -> tuple[Any, Callable[[], Iterable[dict]] | None]:
+    """The training loader and validation factory of the vision recipes (``ImageDataArguments``).
+
+    Images are decoded and resized in the data stream (``preprocessing_num_workers`` threads) and
+    batched as uint8; every random augmentation happens later, on the device, inside the objective.
+    A validation factory exists when there are validation images (``--validation_dir``,
+    ``--validation_split_images``, the Hub dataset's validation split or the built-in set's).
+    """
+    from hfssl.data.images import ImageExamples, collate_images, load_image_dataset_from_args
+
+    def examples(split: str) -> ImageExamples:
+        return ImageExamples(load_image_dataset_from_args(data_args, split), image_size,
+                             image_column_name=data_args.image_column_name,
+                             label_column_name=data_args.label_column_name,
+                             num_workers=data_args.preprocessing_num_workers)
+
+    # With decoding threads, a background batch thread keeps a batch or two ready while the step runs.
+    prefetch = min(2, data_args.preprocessing_num_workers)
+    train_loader = make_loader(examples("train"), batch_size=args.per_device_train_batch_size,
+                               collate_fn=collate_images, accelerator=accelerator, seed=args.seed,
+                               shuffle_buffer_size=data_args.shuffle_buffer_size, num_workers=prefetch)
+    has_eval = bool(data_args.validation_dir or data_args.validation_split_images or
+                    not (data_args.train_dir or data_args.dataset_name))
+    if data_args.dataset_name and not has_eval:
+        has_eval = _hub_has_validation(data_args)
+    if not has_eval:
+        return train_loader, None
+
+    def factory() -> Iterable[dict]:
+        return make_loader(examples("validation"), batch_size=args.per_device_eval_batch_size,
+                           collate_fn=collate_images, accelerator=accelerator, seed=0, drop_last=False)
+
+    return train_loader, factory
+
+
+def _hub_has_validation(data_args: Any) -> bool:
+    try:
+        names = datasets.get_dataset_split_names(data_args.dataset_name, data_args.dataset_config_name)
+    except Exception:  # offline or unknown: the training stream reports the real error
+        return False
+    return "validation" in names
+
+
 def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str = "The",
                     max_new_tokens: int = 40, seed: int = 0) -> str:
     """A short sampled continuation of ``prompt`` (top-k), to eyeball what the model learned."""
@@ -198,5 +242,5 @@ def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-__all__ = ["build_model", "generate_sample", "has_validation", "make_loader",
+__all__ = ["build_image_loaders", "build_model", "generate_sample", "has_validation", "make_loader",
            "resolve_tokenizer", "validation_loader_factory", "with_defaults"]

@@ -176,3 +176,27 @@ def test_http_errors_become_one_line_without_the_token() -> None:
                          repo_id="alice/x", output_dir="out", endpoint="http://127.0.0.1:9", token=token)
         message = str(err)
         assert expected in message and token not in message and "\n" not in message
+
+
+def test_vit_card_runs_its_snippet_and_shows_no_text_metrics(tmp_path: Path) -> None:
+    """A vision run's card: pretext-task tag, image pipeline, no language or perplexity, a working snippet."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = tmp_path / "vit"
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(out)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(out)
+    (out / "run_config.json").write_text(json.dumps({"config": {"pretext_task": "jigsaw"}}))
+    (out / "all_results.json").write_text(json.dumps({"eval_loss": 1.25, "eval_accuracy": 0.5}))
+    (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 1.25}]) + "\n")
+    write_model_card(str(out), repo_id="alice/vit-jigsaw")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "image-feature-extraction"
+    assert "jigsaw" in card.data.tags and "vit" in card.data.tags
+    assert card.data.language is None and "perplexity" not in card.text and "held-out text" not in str(card)
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0].replace("alice/vit-jigsaw", str(out))
+    namespace: dict = {"image": Image.new("RGB", (40, 30), (10, 200, 30))}
+    exec(compile(snippet, "card-snippet", "exec"), namespace)  # noqa: S102 - the card's own code
+    assert namespace["features"].shape == (1, 17, 16)

@@ -1,0 +1,368 @@
+"""Streaming image sets: local image folders, Hub datasets and the built-in digits.
+
+``load_image_dataset`` returns a ``datasets.IterableDataset`` whose image column is cast to
+``datasets.Image(decode=False)``: a row carries the file's path (or its bytes), never a decoded image, so
+skipping rows (resume, held-out validation images) costs no decoding. Local folders go through the
+``imagefolder`` builder as in transformers' ``run_image_classification.py``: class sub-folders become a
+``label`` ClassLabel column (names sorted, so the folders ``0``..``9`` are labels 0..9).
+
+``ImageExamples`` does the only per-image work of the pipeline, all of it deterministic: decode with PIL,
+convert to RGB, resize straight to ``(S, S)`` with bilinear filtering, and hand out uint8 ``(3, S, S)``
+tensors. That is exactly what ``ViTImageProcessor(size={"height": S, "width": S}, do_convert_rgb=True)``
+does before rescaling and normalising, so a model sees at inference what it saw in training. RGB
+conversion follows transformers' ``convert_to_rgb``: transparent pixels are composited onto white (a bare
+``convert("RGB")`` would keep whatever colour hides under alpha 0). Random augmentation is the objective's
+job, on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hfssl.errors import DataError
+
+_CURSOR_KIND = "images"
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _image_extensions() -> frozenset[str]:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return frozenset(ext.lower() for ext in ImageFolder.EXTENSIONS)
+
+
+def _check_image_dir(path: str, flag: str) -> str:
+    """Fail now, not deep inside ``datasets``, on a missing folder or one without a single image file."""
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise DataError(f"{flag} {path} does not exist or is not a directory")
+    extensions = _image_extensions()
+    for _, _, names in os.walk(path):
+        if any(os.path.splitext(name)[1].lower() in extensions for name in names):
+            return path
+    raise DataError(
+        f"{flag} {path} holds no image files (.png, .jpg, ...): put images in it, one sub-folder per class"
+    )
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants
+
+    return bool(datasets.config.HF_DATASETS_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _load_hub(dataset_name: str, dataset_config_name: str | None, split: str) -> datasets.IterableDataset:
+    try:
+        return datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=True)
+    except Exception as exc:  # offline, unknown id, unknown split: all user-fixable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _offline() and isinstance(exc, (ConnectionError, OSError)):
+            raise DataError(
+                f"cannot load dataset {dataset_name!r}: offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
+                "and it is not cached; unset them on a machine with network access, or pass --train_dir "
+                "with a local image folder"
+            ) from None
+        raise DataError(f"cannot load dataset {dataset_name!r} (split {split!r}): {first}") from None
+
+
+def load_image_dataset(
+    *,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    image_column_name: str = "image",
+) -> datasets.IterableDataset:
+    """Stream image rows (the image column undecoded) from a local folder or a Hub dataset.
+
+    A local ``split`` reads ``train_dir`` (``"train"``) or ``validation_dir`` (``"validation"``); a Hub
+    dataset reads its split of that name. Folders and columns are checked now.
+    """
+    if (train_dir or validation_dir) and dataset_name:
+        raise DataError("give either --train_dir/--validation_dir or --dataset_name, not both")
+    if train_dir or validation_dir:
+        if split not in ("train", "validation"):
+            raise DataError(f"split must be 'train' or 'validation' for local folders, got {split!r}")
+        folder = train_dir if split == "train" else validation_dir
+        if not folder:
+            raise DataError(f"no {split} images: pass --{split}_dir")
+        folder = _check_image_dir(folder, f"--{split}_dir")
+        # data_files (not data_dir): a class folder named "test" or "validation" must not become a split.
+        dataset = datasets.load_dataset(
+            "imagefolder", data_files={split: os.path.join(folder, "**")}, split=split, streaming=True
+        )
+        source = f"--{split}_dir {folder}"
+    elif dataset_name:
+        dataset = _load_hub(dataset_name, dataset_config_name, split)
+        source = f"dataset {dataset_name!r}"
+    else:
+        raise DataError("no images given: pass --train_dir or --dataset_name (or use builtin_image_dir())")
+    return _undecoded(dataset, image_column_name, source)
+
+
+def _undecoded(dataset: datasets.IterableDataset, column: str, source: str) -> datasets.IterableDataset:
+    names = dataset.column_names
+    if names is None:  # features unknown until the first row: ImageExamples checks the column then
+        return dataset
+    if column not in names:
+        raise DataError(
+            f"{source} has no image column {column!r} (columns: {', '.join(names)}); pass --image_column_name"
+        )
+    try:
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    except Exception as exc:  # e.g. an int column named by mistake
+        raise DataError(f"{source}: column {column!r} does not hold images ({exc}); pass --image_column_name") from None
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as transformers' ``convert_to_rgb`` makes it: transparency composited onto a white background."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _describe(value: Any, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"image {index} of the stream"
+
+
+def decode_image(value: Any, image_size: int, index: int = 0) -> torch.Tensor:
+    """An undecoded image cell (``{"path", "bytes"}``, a path, or a PIL image) -> uint8 ``(3, S, S)``."""
+    name = _describe(value, index)
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict) and value.get("bytes") is not None:
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = Image.open(value["path"])
+        elif isinstance(value, str):
+            image = Image.open(value)
+        else:
+            raise DataError(f"{name} is empty or not an image ({type(value).__name__})")
+        with image:
+            resized = to_rgb(image).resize((image_size, image_size), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # PIL reports truncated/corrupt files as OSError, some plugins as SyntaxError/ValueError.
+        raise DataError(f"cannot decode image {name}: {exc}; remove or replace the file") from None
+    # HWC uint8 -> CHW; np.array copies, so the tensor owns its memory.
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _label(value: Any, index: int, column: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise DataError(
+            f"label of image {index} in column {column!r} is {value!r}, not a class index: use a ClassLabel "
+            "column (an image folder's class sub-folders give one) or pass --label_column_name"
+        )
+    return int(value)
+
+
+class ImageExamples:
+    """Decoded examples ``{"pixel_values": uint8 (3, S, S), "labels": int}`` of an undecoded image stream.
+
+    ``labels`` is there when the dataset has ``label_column_name``. ``iter_with_cursors(cursor)`` yields
+    ``(example, cursor after it)``: the cursor is the number of rows consumed, and restarting from it skips
+    those rows without opening them (rows carry paths or bytes only), which makes StatefulLoader's resume
+    cost reading the stream, not decoding it.
+
+    ``num_workers > 0`` decodes that many images at once in threads (PIL releases the GIL while decoding
+    and resizing), at most ``2 * num_workers`` ahead of the consumer; the order and the cursors are those
+    of the sequential stream.
+    """
+
+    def __init__(
+        self,
+        dataset: Iterable[dict],
+        image_size: int,
+        image_column_name: str = "image",
+        label_column_name: str = "label",
+        num_workers: int = 0,
+    ) -> None:
+        if image_size < 1:
+            raise DataError(f"image_size must be >= 1, got {image_size}")
+        if num_workers < 0:
+            raise DataError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = num_workers
+        self.dataset = dataset
+        self.image_size = image_size
+        self.image_column_name = image_column_name
+        self.label_column_name = label_column_name
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the stream: it only matters if a ``datasets`` shuffle was added to it."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for example, _ in self.iter_with_cursors():
+            yield example
+
+    def iter_with_cursors(self, cursor: dict | None = None) -> Iterator[tuple[dict[str, Any], dict]]:
+        skip = _restore(cursor)
+        index = 0
+        rows = iter(self.dataset)
+        for _ in range(skip):  # rows before the checkpoint: read, never decoded
+            if next(rows, None) is None:
+                raise DataError(
+                    f"cannot resume the data stream: the image set changed since the checkpoint (it has "
+                    f"{index} images, the checkpoint was taken after {skip}); resume with the same data"
+                )
+            index += 1
+        for i, example in self._decoded(enumerate(rows, start=index)):
+            yield example, {"kind": _CURSOR_KIND, "consumed": i + 1}
+
+    def _decoded(self, rows: Iterator[tuple[int, dict]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.num_workers == 0:
+            for i, row in rows:
+                yield i, self._example(row, i)
+            return
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="hfssl-decode") as pool:
+            pending: deque = deque()
+            for i, row in rows:
+                pending.append((i, pool.submit(self._example, row, i)))
+                if len(pending) >= 2 * self.num_workers:
+                    j, future = pending.popleft()
+                    yield j, future.result()
+            while pending:
+                j, future = pending.popleft()
+                yield j, future.result()
+
+    def _example(self, row: dict, index: int) -> dict[str, Any]:
+        if self.image_column_name not in row:
+            raise DataError(
+                f"the image stream has no column {self.image_column_name!r} (columns: {', '.join(row)}); "
+                "pass --image_column_name"
+            )
+        example: dict[str, Any] = {
+            "pixel_values": decode_image(row[self.image_column_name], self.image_size, index)
+        }
+        if self.label_column_name in row:
+            example["labels"] = _label(row[self.label_column_name], index, self.label_column_name)
+        return example
+
+
+def _restore(cursor: dict | None) -> int:
+    if cursor is None:
+        return 0
+    if cursor.get("kind") != _CURSOR_KIND or not isinstance(cursor.get("consumed"), int) or cursor["consumed"] < 0:
+        raise DataError(
+            f"cannot resume the data stream: {cursor} is not an image stream position; resume with the "
+            "recipe and data that wrote the checkpoint"
+        )
+    return cursor["consumed"]
+
+
+def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack examples into ``{"pixel_values": uint8 (B, 3, S, S), "labels": int64 (B,)}`` (labels if present)."""
+    if not examples:
+        raise DataError("cannot collate an empty batch of images")
+    batch = {"pixel_values": torch.stack([ex["pixel_values"] for ex in examples])}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([ex["labels"] for ex in examples], dtype=torch.int64)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------- arguments
+@dataclass
+class ImageDataArguments:
+    """Image data flags, named as in transformers' ``run_mim.py`` / ``run_image_classification.py``."""
+
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config."})
+    train_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of training images, one sub-folder per class (optional)."}
+    )
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "Folder of validation images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding class indices."})
+    validation_split_images: int = field(
+        default=0, metadata={"help": "Hold out this many leading images of the training stream for validation."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training stream."})
+    shuffle_buffer_size: int = field(
+        default=0, metadata={"help": "Shuffle chunk (images); 0 keeps the stream order."}
+    )
+    preprocessing_num_workers: int = field(
+        default=0, metadata={"help": "Image decoding threads per process (ImageExamples num_workers); 0: inline."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_name and (self.train_dir or self.validation_dir):
+            raise ValueError("give either --dataset_name or --train_dir/--validation_dir, not both")
+        if self.validation_dir and self.validation_split_images > 0:
+            raise ValueError("give either --validation_dir or --validation_split_images, not both")
+        for name in ("validation_split_images", "shuffle_buffer_size", "preprocessing_num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}")
+
+
+def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "train") -> datasets.IterableDataset:
+    """Image rows for a recipe's ``ImageDataArguments``.
+
+    * No ``--train_dir``/``--dataset_name``: the built-in digits (:func:`builtin_image_dir`).
+    * ``split="validation"``: ``--validation_dir`` if given; else the first ``--validation_split_images``
+      images of the training stream (``split="train"`` then skips exactly those); else the built-in
+      digits' or the Hub dataset's ``validation`` split. Otherwise a DataError says what to pass.
+    * ``--max_train_samples`` caps the number of training images.
+    """
+    if split not in ("train", "validation"):
+        raise DataError(f"split must be 'train' or 'validation', got {split!r}")
+    column = data_args.image_column_name
+    held_out = data_args.validation_split_images
+    train_dir, validation_dir = data_args.train_dir, data_args.validation_dir
+    if not train_dir and not data_args.dataset_name:
+        from hfssl.data.builtin_images import builtin_image_dir
+
+        root = builtin_image_dir()
+        train_dir = os.path.join(root, "train")
+        if held_out == 0:
+            validation_dir = validation_dir or os.path.join(root, "validation")
+
+    def load(which: str, hub_split: str = "train") -> datasets.IterableDataset:
+        if data_args.dataset_name:
+            return load_image_dataset(
+                dataset_name=data_args.dataset_name,
+                dataset_config_name=data_args.dataset_config_name,
+                split=hub_split,
+                image_column_name=column,
+            )
+        return load_image_dataset(
+            train_dir=train_dir, validation_dir=validation_dir, split=which, image_column_name=column
+        )
+
+    if split == "validation":
+        if validation_dir:
+            return load("validation")
+        if held_out > 0:
+            return load("train").take(held_out)
+        if data_args.dataset_name:
+            return load("validation", hub_split="validation")
+        raise DataError(
+            "no validation images: pass --validation_dir or --validation_split_images N to hold out the first "
+            "N training images"
+        )
+    train = load("train")
+    if held_out > 0:
+        train = train.skip(held_out)
+    if data_args.max_train_samples is not None:
+        train = train.take(data_args.max_train_samples)
+    return train
