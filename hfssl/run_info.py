@@ -56,9 +56,14 @@ def write_run_info(output_dir: str, *configs: Any, filename: str = "run_config.j
     """Write the resolved config, versions and git revision to ``output_dir/filename``."""
     os.makedirs(output_dir, exist_ok=True)
     info = {"config": config_dict(*configs), "versions": package_versions(), "git_revision": git_revision()}
-    path = os.path.join(output_dir, filename)
+    return write_json_atomic(os.path.join(output_dir, filename), info, sort_keys=True, default=str)
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
+    """``json.dump`` to ``path`` through a temporary file, so a crash never leaves half a file behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2, sort_keys=True, default=str)
+        json.dump(obj, fh, indent=2, **dump_kwargs)
     os.replace(tmp, path)
     return path

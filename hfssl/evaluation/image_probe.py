@@ -17,7 +17,6 @@ imported inside the functions that need them, so a wrong flag is reported before
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -416,7 +415,7 @@ def run(args: ImageProbeArguments) -> dict[str, Any]:
 
     from hfssl.evaluation.args import check_model_path
     from hfssl.logging import setup_logging
-    from hfssl.run_info import redact
+    from hfssl.run_info import redact, write_json_atomic
 
     setup_logging(True)
     logger = _logger()
@@ -470,11 +469,7 @@ def run(args: ImageProbeArguments) -> dict[str, Any]:
         "seconds": timings,
         "config": redact(asdict(args)),
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, "results.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(path + ".tmp", path)
+    path = write_json_atomic(os.path.join(args.output_dir, "results.json"), results)
     print(render(results), flush=True)
     logger.info("wrote %s", path)
     return results

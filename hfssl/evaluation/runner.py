@@ -37,7 +37,7 @@ from hfssl.evaluation.report import (
 )
 from hfssl.evaluation.scoring import compute_metrics
 from hfssl.logging import get_logger, setup_logging
-from hfssl.run_info import redact
+from hfssl.run_info import redact, write_json_atomic
 
 logger = get_logger(__name__)
 
@@ -190,11 +190,7 @@ def run(model_args: FinetuneArguments, data_args: GlueDataArguments) -> dict[str
         "skipped": skipped,
     }
     if accelerator.is_main_process:
-        os.makedirs(model_args.output_dir, exist_ok=True)
-        path = os.path.join(model_args.output_dir, "results.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
-        os.replace(path + ".tmp", path)
+        path = write_json_atomic(os.path.join(model_args.output_dir, "results.json"), results)
         print(render(results), flush=True)
         logger.info("wrote %s", path)
     # Tear the process group down here: left to interpreter exit, gloo's threads can abort a rank.

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from hfssl.data.tokenizer_training import train_tokenizer
+from tests.helpers.recipes import import_recipe, read_history
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "bert_mlm.py"
@@ -37,19 +38,7 @@ def run_recipe(python_exe: str, *args: str, timeout: int = 300) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def recipe():
-    """The recipe imported as a module, to call ``main(argv)`` in-process (no interpreter start-up)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("bert_mlm_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def read_history(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return import_recipe(RECIPE)
 
 
 @pytest.fixture(scope="module")

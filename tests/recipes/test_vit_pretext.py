@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from hfssl.objectives.vision import PRETEXT_TASKS
+from tests.helpers.recipes import import_recipe, read_history
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "vit_pretext.py"
@@ -31,17 +32,7 @@ TINY = ["--model_size", "tiny", "--per_device_train_batch_size", "16", "--per_de
 
 @pytest.fixture(scope="module")
 def recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vit_pretext_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def read_history(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return import_recipe(RECIPE)
 
 
 @pytest.mark.parametrize("task", sorted(PRETEXT_TASKS))
