@@ -57,7 +57,7 @@ class PretextArguments:
         }.get(self.pretext_task, {})
 
 
-# Image folders list their files class by class: shuffle in chunks of 2,048 by default.
+# On top of the seeded file order of local folders, reshuffle every epoch in chunks of 2,048 images.
 VitDataArguments = with_defaults(ImageDataArguments, shuffle_buffer_size=2048)
 # Defaults: a real pretraining run on the built-in digits in about a minute on 2 CPU cores.
 VitTrainingArguments = with_defaults(TrainingArguments, max_steps=200, learning_rate=1e-3, warmup_steps=20,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,13 @@ def _check_image_dir(path: str, flag: str) -> str:
     )
 
 
+def _image_files(folder: str) -> list[str]:
+    """Every image file under ``folder``, in path order."""
+    extensions = _image_extensions()
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if os.path.splitext(name)[1].lower() in extensions)
+
+
 def _offline() -> bool:
     import huggingface_hub.constants
 
@@ -84,11 +92,17 @@ def load_image_dataset(
     dataset_config_name: str | None = None,
     split: str = "train",
     image_column_name: str = "image",
+    file_order_seed: int | None = None,
 ) -> datasets.IterableDataset:
     """Stream image rows (the image column undecoded) from a local folder or a Hub dataset.
 
     A local ``split`` reads ``train_dir`` (``"train"``) or ``validation_dir`` (``"validation"``); a Hub
     dataset reads its split of that name. Folders and columns are checked now.
+
+    A folder is listed in path order, which for class sub-folders means class after class: a shuffle
+    buffer smaller than a class would still feed whole batches of one class. ``file_order_seed`` streams
+    the files in a random order fixed by the seed instead (the same every epoch, so a resume is exact;
+    the loader's chunk shuffle varies it per epoch on top).
     """
     if (train_dir or validation_dir) and dataset_name:
         raise DataError("give either --train_dir/--validation_dir or --dataset_name, not both")
@@ -100,9 +114,11 @@ def load_image_dataset(
             raise DataError(f"no {split} images: pass --{split}_dir")
         folder = _check_image_dir(folder, f"--{split}_dir")
         # data_files (not data_dir): a class folder named "test" or "validation" must not become a split.
-        dataset = datasets.load_dataset(
-            "imagefolder", data_files={split: os.path.join(folder, "**")}, split=split, streaming=True
-        )
+        files: str | list[str] = os.path.join(folder, "**")
+        if file_order_seed is not None:
+            files = _image_files(folder)
+            random.Random(file_order_seed).shuffle(files)
+        dataset = datasets.load_dataset("imagefolder", data_files={split: files}, split=split, streaming=True)
         source = f"--{split}_dir {folder}"
     elif dataset_name:
         dataset = _load_hub(dataset_name, dataset_config_name, split)
@@ -315,8 +331,12 @@ class ImageDataArguments:
             raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}")
 
 
-def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "train") -> datasets.IterableDataset:
+def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "train",
+                                 file_order_seed: int | None = None) -> datasets.IterableDataset:
     """Image rows for a recipe's ``ImageDataArguments``.
+
+    ``file_order_seed`` shuffles the files of a local training folder (see :func:`load_image_dataset`); the
+    held-out ``--validation_split_images`` are then a random sample, taken from the same shuffled order.
 
     * No ``--train_dir``/``--dataset_name``: the built-in digits (:func:`builtin_image_dir`).
     * ``split="validation"``: ``--validation_dir`` if given; else the first ``--validation_split_images``
@@ -346,7 +366,8 @@ def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "tr
                 image_column_name=column,
             )
         return load_image_dataset(
-            train_dir=train_dir, validation_dir=validation_dir, split=which, image_column_name=column
+            train_dir=train_dir, validation_dir=validation_dir, split=which, image_column_name=column,
+            file_order_seed=file_order_seed if which == "train" else None,
         )
 
     if split == "validation":

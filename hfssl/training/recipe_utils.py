@@ -192,7 +192,8 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
     from hfssl.data.images import ImageExamples, collate_images, load_image_dataset_from_args
 
     def examples(split: str) -> ImageExamples:
-        return ImageExamples(load_image_dataset_from_args(data_args, split), image_size,
+        # Folders list class after class: stream the training files in a seeded random order.
+        return ImageExamples(load_image_dataset_from_args(data_args, split, file_order_seed=args.seed), image_size,
                              image_column_name=data_args.image_column_name,
                              label_column_name=data_args.label_column_name,
                              num_workers=data_args.preprocessing_num_workers)

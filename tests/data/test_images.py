@@ -289,3 +289,24 @@ def test_default_args_use_the_builtin_digits(digits_dir, monkeypatch):
     first = next(iter(train))
     assert first["pixel_values"].shape == (3, 32, 32) and first["labels"] == 0
     assert sum(1 for _ in load_image_dataset_from_args(ImageDataArguments(), "validation")) == 297
+
+
+def test_seeded_file_order_mixes_classes_and_keeps_labels(tmp_path):
+    _grid_folder(tmp_path / "train", n=30, classes=3)
+    root = str(tmp_path / "train")
+
+    def order(seed):
+        return [(r["image"]["path"], r["label"]) for r in load_image_dataset(train_dir=root, file_order_seed=seed)]
+
+    plain, one, again, other = order(None), order(1), order(1), order(2)
+    assert [p for p, _ in plain] == sorted(p for p, _ in plain)        # class after class
+    assert one == again and one != other and sorted(one) == sorted(plain)
+    names = sorted({os.path.basename(os.path.dirname(p)) for p, _ in plain})
+    assert all(label == names.index(os.path.basename(os.path.dirname(p))) for p, label in one)
+    # The first ten files of the shuffled order come from more than one class (the plain order: one).
+    assert len({label for _, label in one[:10]}) > 1 and len({label for _, label in plain[:10]}) == 1
+    # Held-out images are a random sample of that order, disjoint from the training stream.
+    args = ImageDataArguments(train_dir=root, validation_split_images=6)
+    held = [r["image"]["path"] for r in load_image_dataset_from_args(args, "validation", file_order_seed=1)]
+    rest = [r["image"]["path"] for r in load_image_dataset_from_args(args, "train", file_order_seed=1)]
+    assert held == [p for p, _ in one[:6]] and rest == [p for p, _ in one[6:]]
