@@ -7,6 +7,7 @@ dataclass for objective-specific options.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -148,6 +149,11 @@ class TrainingArguments(HubArguments):
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-8
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers.get_scheduler name."})
+    lr_scheduler_kwargs: Optional[str] = field(
+        default=None,
+        metadata={"help": 'Extra scheduler arguments as JSON (as transformers\' flag), e.g. '
+                          '\'{"num_decay_steps": 2000, "min_lr_ratio": 0.1}\' for warmup_stable_decay.'},
+    )
     warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps (overrides warmup_ratio)."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of max_steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
@@ -198,6 +204,13 @@ class TrainingArguments(HubArguments):
             raise ValueError("set --max_steps > 0 or --num_train_epochs > 0")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/my-model)")
+        if self.lr_scheduler_kwargs:
+            try:
+                kwargs = json.loads(self.lr_scheduler_kwargs)
+            except ValueError as exc:
+                raise ValueError(f"--lr_scheduler_kwargs must be a JSON object: {exc}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError("--lr_scheduler_kwargs must be a JSON object, e.g. '{\"num_decay_steps\": 100}'")
         if self.torch_compile_mode not in _COMPILE_MODES:
             raise ValueError(f"--torch_compile_mode must be one of {', '.join(m for m in _COMPILE_MODES if m)}")
         # As transformers.TrainingArguments: choosing a backend or a mode means compiling.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -53,8 +54,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
     The scheduler is deliberately *not* passed to ``accelerator.prepare``: Accelerate's wrapper
     steps it once per process, which would make the schedule depend on the world size.
     """
+    extra = json.loads(args.lr_scheduler_kwargs) if args.lr_scheduler_kwargs else None
     try:
         return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps(args, total_steps),
-                             num_training_steps=total_steps)
-    except ValueError as exc:
+                             num_training_steps=total_steps, scheduler_specific_kwargs=extra)
+    except (ValueError, TypeError) as exc:  # TypeError: a keyword the schedule does not take
         raise ConfigError(f"--lr_scheduler_type {args.lr_scheduler_type!r}: {str(exc).splitlines()[0]}") from None
