@@ -2,6 +2,7 @@
 
     python -m hfssl.push OUTPUT_DIR --hub_model_id user/name [--hub_token T] [--hub_private_repo]
         [--hub_revision BRANCH] [--commit_message MSG] [--include_checkpoints] [--card_only]
+        [--license mit] [--language en,fr]
 
 Uploads the model (safetensors only), config, tokenizer or image processor, a regenerated model
 card with the loss plot and evaluation results, and the run's metrics. Optimizer states and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 from hfssl.cli import main_entry, parse_args
 from hfssl.config import HubArguments
@@ -32,6 +34,17 @@ class PushArguments:
     card_only: bool = field(
         default=False, metadata={"help": "Only (re)write OUTPUT_DIR/README.md and the loss plot; push nothing."}
     )
+    license: Optional[str] = field(
+        default=None, metadata={"help": "Licence id on the model card, e.g. mit or cc-by-4.0 (default: apache-2.0)."}
+    )
+    language: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated ISO 639-1 codes on the card, e.g. en,fr (default: en for "
+                                        "text models, none for vision)."}
+    )
+
+    def languages(self) -> list[str] | None:
+        codes = [c.strip() for c in (self.language or "").split(",") if c.strip()]
+        return codes or None
 
 
 def _move_positional(argv: list[str]) -> list[str]:
@@ -51,12 +64,14 @@ def main(argv: Sequence[str] | None = None) -> str | None:
 
     if push_args.card_only:
         repo_id = validate_repo_id(hub_args.hub_model_id) if hub_args.hub_model_id else None
-        path = write_model_card(push_args.output_dir, repo_id=repo_id)
+        path = write_model_card(push_args.output_dir, repo_id=repo_id, license=push_args.license,
+                                language=push_args.languages())
         print(path)
         return path
     hub_args.push_to_hub = True
     url = push_output_dir(push_args.output_dir, hub_args, commit_message=push_args.commit_message,
-                          include_checkpoints=push_args.include_checkpoints)
+                          include_checkpoints=push_args.include_checkpoints, license=push_args.license,
+                          language=push_args.languages())
     print(str(url))
     return str(url)
 

@@ -90,4 +90,9 @@ def test_card_only_writes_the_card_offline(minimal_run: Path, tmp_path: Path) ->
     assert proc.stdout.strip() == str(minimal_run / "README.md")
     text = (minimal_run / "README.md").read_text()
     assert text.startswith("---\n") and 'from_pretrained("alice/x")' in text
+    assert "license: apache-2.0" in text and "language: en" in text
     assert (minimal_run / "loss_curve.png").is_file()
+    proc = run_push_cli([str(minimal_run), "--card_only", "--license", "cc-by-4.0", "--language", "en, de"], env)
+    assert proc.returncode == 0, proc.stderr
+    header = (minimal_run / "README.md").read_text().split("---\n")[1]
+    assert "license: cc-by-4.0" in header and "- en\n- de" in header

@@ -239,13 +239,15 @@ def _translate(exc: Exception, *, repo_id: str, output_dir: str, endpoint: str, 
 
 
 def push_output_dir(output_dir: str, hub_args: HubArguments, *, commit_message: str = DEFAULT_COMMIT_MESSAGE,
-                    include_checkpoints: bool = False) -> str:
+                    include_checkpoints: bool = False, license: str | None = None,
+                    language: str | list[str] | None = None) -> str:
     """Push a run's model, tokenizer/processor, card, metrics and loss plot to ``hub_args.hub_model_id``.
 
     ``hub_args.hub_strategy == "checkpoint"`` also uploads the newest ``checkpoints/step_N`` as
     ``last-checkpoint/`` (replacing the previous one) so training can resume from the Hub;
     ``include_checkpoints`` uploads the whole ``checkpoints/`` folder. ``end`` and ``every_save``
-    push the same files: *when* to push is the training loop's call. Returns the commit URL (a
+    push the same files: *when* to push is the training loop's call. ``license``/``language`` go on the
+    regenerated card (defaults: the run's flags, else apache-2.0 / en for text). Returns the commit URL (a
     ``huggingface_hub.CommitInfo``, a ``str`` whose ``.oid`` is the commit id).
     """
     repo_id = validate_repo_id(hub_args.hub_model_id)
@@ -257,7 +259,7 @@ def push_output_dir(output_dir: str, hub_args: HubArguments, *, commit_message: 
     with tempfile.TemporaryDirectory(prefix="hfssl-card-") as staging:
         # The card is staged outside the run and copied in only once the push succeeded, so a failed
         # push leaves output_dir exactly as it was.
-        staged = _stage_card(output_dir, repo_id, staging)
+        staged = _stage_card(output_dir, repo_id, staging, license=license, language=language)
         plan.files = [f for f in plan.files if f[1] not in staged] + [(src, name) for name, src in staged.items()]
         info = _commit(output_dir, repo_id, hub_args, plan, commit_message)
         for name, src in staged.items():
@@ -268,14 +270,15 @@ def push_output_dir(output_dir: str, hub_args: HubArguments, *, commit_message: 
     return info
 
 
-def _stage_card(output_dir: str, repo_id: str, staging: str) -> dict[str, str]:
+def _stage_card(output_dir: str, repo_id: str, staging: str, *, license: str | None = None,
+                language: str | list[str] | None = None) -> dict[str, str]:
     """Regenerate README.md (+ loss plot) into ``staging`` unless the user wrote their own README."""
     readme = os.path.join(output_dir, "README.md")
     if os.path.exists(readme) and not is_generated_card(readme):
         logger.info("keeping the hand-written README.md in %s", output_dir)
         return {}
     plot = os.path.join(staging, LOSS_PLOT)
-    card = build_model_card(output_dir, repo_id=repo_id, plot_path=plot)
+    card = build_model_card(output_dir, repo_id=repo_id, plot_path=plot, license=license, language=language)
     staged = {"README.md": os.path.join(staging, "README.md")}
     with open(staged["README.md"], "w", encoding="utf-8") as fh:
         fh.write(str(card))

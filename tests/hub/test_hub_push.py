@@ -243,7 +243,7 @@ def test_library_call_returns_commit_info(fake_hub: FakeHub, tiny_run: Path, tmp
     code = (
         "import sys\nfrom hfssl.config import HubArguments\nfrom hfssl.hub import push_output_dir\n"
         f"args = HubArguments(push_to_hub=True, hub_model_id='alice/lib', hub_strategy={strategy!r})\n"
-        "info = push_output_dir(sys.argv[1], args, commit_message='from the loop')\n"
+        "info = push_output_dir(sys.argv[1], args, commit_message='from the loop', license='mit', language=['fr'])\n"
         "print(info.oid, str(info))\n"
     )
     proc = run_python(code, hub_env(fake_hub.url, tmp_path / "home", token=ALICE_TOKEN), str(tiny_run))
@@ -251,3 +251,5 @@ def test_library_call_returns_commit_info(fake_hub: FakeHub, tiny_run: Path, tmp
     oid, url = proc.stdout.split()
     assert url.endswith(f"/alice/lib/commit/{oid}")
     assert _commits(fake_hub, "alice/lib")[0]["title"] == "from the loop"
+    status, body = hub_read(fake_hub, "/alice/lib/resolve/main/README.md")
+    assert status == 200 and "license: mit" in body.decode() and "- fr" in body.decode()
