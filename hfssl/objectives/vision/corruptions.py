@@ -75,16 +75,19 @@ def rotate_batch(images: torch.Tensor, generator: torch.Generator | None = None
     """Rotate each (square) image by ``k * 90`` degrees counter-clockwise, ``k`` uniform in 0..3.
 
     Returns ``(rotated, k)``; ``torch.rot90(rotated[i], -k[i], (1, 2))`` gives back ``images[i]``.
-    All four rotations are built and one is picked per image: a static-shape select instead of a
-    per-image Python loop on ``k`` (which would read ``k`` back to the host).
+    One gather with a per-image pixel map (the four maps are ``rot90`` of an index grid): static
+    shapes, no per-image Python loop on ``k`` (which would read ``k`` back to the host), and no
+    copy of all four rotations.
     """
     _check_images(images)
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"rotate_batch needs square images, got {tuple(images.shape[-2:])}")
-    labels = _randint(4, (images.shape[0],), generator, images.device)
-    candidates = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)], dim=1)
-    rows = torch.arange(images.shape[0], device=images.device)
-    return candidates[rows, labels], labels
+    b, c, size = images.shape[0], images.shape[1], images.shape[-1]
+    labels = _randint(4, (b,), generator, images.device)
+    grid = torch.arange(size * size, device=images.device).view(size, size)
+    maps = torch.stack([torch.rot90(grid, k).reshape(-1) for k in range(4)])       # (4, S*S) source pixels
+    index = maps[labels].unsqueeze(1).expand(b, c, size * size)
+    return images.reshape(b, c, size * size).gather(2, index).view_as(images), labels
 
 
 # -- jigsaw ------------------------------------------------------------------------------------

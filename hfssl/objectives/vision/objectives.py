@@ -110,7 +110,7 @@ def nt_xent(features: torch.Tensor, temperature: float, gather: bool = False) ->
         offset = dist.get_rank() * n
     rows = torch.arange(n, device=z.device)
     similarity = (z @ candidates.T) / temperature
-    is_self = F.one_hot(rows + offset, candidates.shape[0]).bool()
+    is_self = (rows + offset).unsqueeze(1) == torch.arange(candidates.shape[0], device=z.device)
     similarity = similarity.masked_fill(is_self, float("-inf"))
     positives = rows.roll(n // 2) + offset                                   # i <-> i + B
     return F.cross_entropy(similarity, positives, reduction="sum"), _correct(similarity, positives)
