@@ -21,14 +21,15 @@ How it works (and why it is exact):
   shuffle chunk (or, without shuffling, at the current position), re-permutes that chunk identically and
   continues: the batches are exactly those of the uninterrupted run. The position counts *global*
   examples, so a run may even resume with a different ``world_size``.
-* **Resume cost.** A dataset with an ``iter_with_cursors(cursor=None)`` method (``pack_clm`` and
-  ``pack_mlm_segments`` have one) yields ``(example, cursor)`` pairs, where the JSON-able cursor restarts
-  the stream right after that example. The state keeps the cursor of the current chunk's start, so a
-  resume tokenizes at most about one shuffle chunk again (the documents before it are only read).
-  Any other dataset (``nsp_pairs``, whose pairing draws on a lookahead pool and an RNG; a ``.map()`` or
-  ``.take()`` of a packed stream; user datasets) is *replayed* from the epoch start up to the current
-  chunk: still exact, but a packed stream re-tokenizes everything consumed in the epoch. Checkpoints
-  written without a cursor are replayed too.
+* **Resume cost.** A dataset with an ``iter_with_cursors(cursor=None)`` method (``pack_clm``,
+  ``pack_mlm_segments`` and ``nsp_pairs`` have one) yields ``(example, cursor)`` pairs, where the JSON-able
+  cursor restarts the stream right after that example. The state keeps the cursor of the current chunk's
+  start, so a resume tokenizes at most about one shuffle chunk again (the documents before it are only
+  read; ``nsp_pairs`` also re-tokenizes the first sentences of the <= 256 documents in its pool for random
+  B segments, and its cursor carries its RNG state, ~7 kB). Any other dataset (a ``.map()`` or ``.take()``
+  of a packed stream; user datasets) is *replayed* from the epoch start up to the current chunk: still
+  exact, but a packed stream re-tokenizes everything consumed in the epoch. Checkpoints written without a
+  cursor are replayed too.
 
 ``num_workers > 0`` builds batches in a background thread (tokenizers release the GIL), ``num_workers``
 batches ahead; the state still describes the batches handed out, not the ones prefetched.
