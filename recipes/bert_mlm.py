@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     collate = functools.partial(collate_padded, pad_token_id=tokenizer.pad_token_id, omit_full_mask=True)
     train_loader, eval_factory = build_loaders(data_args, args, examples, collate_fn=collate,
-                                               accelerator=accelerator)
+                                               accelerator=accelerator, tokenizer=tokenizer)
     objective = BertPretrainingObjective.from_tokenizer(
         tokenizer, vocab_size=model.config.vocab_size, mlm_probability=bert_args.mlm_probability,
         nsp=not bert_args.no_nsp, whole_word_masking=bert_args.whole_word_masking,

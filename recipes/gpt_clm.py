@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         return pack_clm(docs, tokenizer, data_args.max_seq_length, document_boundaries=data_args.document_boundaries)
 
     train_loader, eval_factory = build_loaders(data_args, args, blocks, collate_fn=collate_fixed,
-                                               accelerator=accelerator)
+                                               accelerator=accelerator, tokenizer=tokenizer)
     result = train(objective=CausalLMObjective(loss_chunk_size=clm_args.loss_chunk_size), model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=tokenizer,
                    configs_to_record=(model_args, data_args, args, clm_args), accelerator=accelerator)

@@ -51,6 +51,21 @@ _STATE_VERSION = 1
 _STOP = object()
 
 
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else "..." + text[3 - limit:]  # the end of a path says most
+
+
+def _difference(saved: Any, current: Any) -> str:
+    """``saved -> current``, narrowed to the first differing item of two lists (e.g. one file of many)."""
+    if isinstance(saved, list) and isinstance(current, list):
+        for i, (a, b) in enumerate(zip(saved, current)):
+            if a != b:
+                return f"item {i}: {_short(a)} -> {_short(b)}"
+        return f"{len(saved)} items -> {len(current)}"
+    return f"{_short(saved)} -> {_short(current)}"
+
+
 class StatefulLoader:
     """Iterate CPU batches of a (streaming) dataset; see the module docstring for the guarantees."""
 
@@ -66,6 +81,7 @@ class StatefulLoader:
         shuffle_buffer_size: int = 0,
         num_workers: int = 0,
         drop_last: bool = True,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -82,6 +98,9 @@ class StatefulLoader:
         self.shuffle_buffer_size = shuffle_buffer_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+        # What the stream is made of (files, tokenizer, lengths...): a resume from another stream is refused,
+        # since a saved position or cursor means nothing there.
+        self.fingerprint = fingerprint
         self.epoch = 0
         # Examples of the (shuffled) global stream consumed by the batches handed out in this epoch.
         self.position = 0
@@ -111,6 +130,7 @@ class StatefulLoader:
             "shuffle_buffer_size": self.shuffle_buffer_size,
             "global_batch_size": self.batch_size * self.world_size,
             "resume_point": self.resume_point,
+            "fingerprint": self.fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -122,6 +142,14 @@ class StatefulLoader:
                     f"cannot resume the data stream: it was saved with {key}={state[key]} but this run uses "
                     f"{getattr(self, key)}; use the same value to continue the same order"
                 )
+        saved = state.get("fingerprint")
+        if saved is not None and self.fingerprint is not None and saved != self.fingerprint:
+            changed = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            details = "; ".join(f"{k} {_difference(saved.get(k), self.fingerprint.get(k))}" for k in changed)
+            raise ConfigError(
+                f"cannot resume the data stream: the checkpoint was taken on other data ({details}); resume with "
+                "the same data, tokenizer and lengths, or start afresh with --overwrite_output_dir"
+            )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self.batches_in_epoch = int(state.get("batches_in_epoch", 0))

@@ -60,7 +60,8 @@ def _restore(cursor: dict[str, Any], packer: str, length: int) -> tuple[int, int
     """(document, piece, blocks to skip, buffer) of a cursor saved by the same packer and length."""
     if cursor.get("packer") != packer or cursor.get("max_seq_length") != length:
         raise ConfigError(
-            f"cannot resume the data stream: it was saved from {cursor.get('packer')} packing with "
+            f"cannot resume the data stream: it was saved from "
+            f"{cursor.get('packer') or cursor.get('pairs', 'another') + ' sentence-pair'} packing with "
             f"--max_seq_length {cursor.get('max_seq_length')}, this run uses {packer} with {length}; use the same"
         )
     if not (cursor["skip"] >= 1 and 0 <= cursor["buffered"] < length):

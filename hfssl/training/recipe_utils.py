@@ -134,13 +134,42 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
 
 
 def make_loader(dataset: Iterable[dict], *, batch_size: int, collate_fn: Callable, accelerator: Accelerator,
-                seed: int, shuffle_buffer_size: int = 0, num_workers: int = 0, drop_last: bool = True) -> Any:
+                seed: int, shuffle_buffer_size: int = 0, num_workers: int = 0, drop_last: bool = True,
+                fingerprint: dict[str, Any] | None = None) -> Any:
     """A rank-sharded, exactly resumable ``StatefulLoader`` (never pass it to ``accelerator.prepare``)."""
     from hfssl.data.loader import StatefulLoader
 
     return StatefulLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=seed, shuffle_buffer_size=shuffle_buffer_size,
-                          num_workers=num_workers, drop_last=drop_last)
+                          num_workers=num_workers, drop_last=drop_last, fingerprint=fingerprint)
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of what a tokenizer maps text to: its vocabulary and special tokens."""
+    import hashlib
+
+    content = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.all_special_tokens,
+               "class": type(tokenizer).__name__}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data_args: Any, **extra: Any) -> dict[str, Any]:
+    """What a training stream is made of, for the resume check of ``StatefulLoader``.
+
+    Training files as (path, size) once globs are expanded (an edited or swapped file changes it), the
+    Hub dataset, the flags that cut or select the stream, and ``extra`` (tokenizer hash, lengths...).
+    """
+    fields = ("dataset_name", "dataset_config_name", "text_column", "validation_split_documents",
+              "max_train_samples", "train_dir", "image_column_name", "validation_split_images")
+    fingerprint: dict[str, Any] = {k: getattr(data_args, k) for k in fields if getattr(data_args, k, None) is not None}
+    if getattr(data_args, "train_file", None):
+        from hfssl.data.corpus import expand_files
+
+        fingerprint["train_file"] = [[os.path.abspath(p), os.path.getsize(p)] for p in expand_files(data_args.train_file)]
+    if fingerprint.get("train_dir"):
+        fingerprint["train_dir"] = os.path.abspath(fingerprint["train_dir"])
+    fingerprint.update(extra)
+    return fingerprint
 
 
 def has_validation(data_args: DataArguments) -> bool:
@@ -165,16 +194,21 @@ def validation_loader_factory(data_args: DataArguments, to_examples: Callable[[d
 
 def build_loaders(data_args: DataArguments, args: TrainingArguments,
                   to_examples: Callable[[datasets.IterableDataset], Any], *, collate_fn: Callable,
-                  accelerator: Accelerator) -> tuple[Any, Callable[[], Iterable[dict]] | None]:
+                  accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase | None = None,
+                  ) -> tuple[Any, Callable[[], Iterable[dict]] | None]:
     """The training loader and the validation factory every pretraining recipe needs, from the same
-    documents-to-examples function (packing, sentence pairs...)."""
+    documents-to-examples function (packing, sentence pairs...). With ``tokenizer`` the loader's state
+    records the data, tokenizer and length it was built from, and a resume on other ones is refused."""
     from hfssl.data.corpus import load_documents_from_args
 
     train_loader = make_loader(to_examples(load_documents_from_args(data_args, "train")),
                                batch_size=args.per_device_train_batch_size, collate_fn=collate_fn,
                                accelerator=accelerator, seed=args.seed,
                                shuffle_buffer_size=data_args.shuffle_buffer_size,
-                               num_workers=data_args.preprocessing_num_workers)
+                               num_workers=data_args.preprocessing_num_workers,
+                               fingerprint=data_fingerprint(data_args, max_seq_length=data_args.max_seq_length,
+                                                            tokenizer=tokenizer_fingerprint(tokenizer))
+                               if tokenizer is not None else None)
     eval_factory = validation_loader_factory(data_args, to_examples, batch_size=args.per_device_eval_batch_size,
                                              collate_fn=collate_fn, accelerator=accelerator)
     return train_loader, eval_factory
@@ -202,7 +236,8 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
     prefetch = min(2, data_args.preprocessing_num_workers)
     train_loader = make_loader(examples("train"), batch_size=args.per_device_train_batch_size,
                                collate_fn=collate_images, accelerator=accelerator, seed=args.seed,
-                               shuffle_buffer_size=data_args.shuffle_buffer_size, num_workers=prefetch)
+                               shuffle_buffer_size=data_args.shuffle_buffer_size, num_workers=prefetch,
+                               fingerprint=data_fingerprint(data_args, image_size=image_size))
     has_eval = bool(data_args.validation_dir or data_args.validation_split_images or
                     not (data_args.train_dir or data_args.dataset_name))
     if data_args.dataset_name and not has_eval:
@@ -243,5 +278,5 @@ def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-__all__ = ["build_image_loaders", "build_model", "generate_sample", "has_validation", "make_loader",
+__all__ = ["build_image_loaders", "build_model", "data_fingerprint", "tokenizer_fingerprint", "generate_sample", "has_validation", "make_loader",
            "resolve_tokenizer", "validation_loader_factory", "with_defaults"]

@@ -147,6 +147,28 @@ def test_state_mismatch_and_bad_arguments_fail_clearly():
         StatefulLoader(numbered(8), batch_size=2, collate_fn=collate_fixed, rank=2, world_size=2)
 
 
+def test_a_resume_on_other_data_is_refused_and_names_what_changed():
+    def loader(fingerprint):
+        return StatefulLoader(numbered(8), batch_size=2, collate_fn=collate_fixed, fingerprint=fingerprint)
+
+    saved = loader({"train_file": [["/data/a.txt", 100]], "tokenizer": "abc", "max_seq_length": 128})
+    next(iter(saved))
+    state = json.loads(json.dumps(saved.state_dict()))  # checkpoints store it as JSON
+    same = loader({"train_file": [["/data/a.txt", 100]], "tokenizer": "abc", "max_seq_length": 128})
+    same.load_state_dict(state)
+    assert ids_of([next(iter(same))]) == [2, 3]
+    grown = loader({"train_file": [["/data/a.txt", 250]], "tokenizer": "abc", "max_seq_length": 128})
+    with pytest.raises(ConfigError, match=r"other data \(train_file item 0: .*100\] -> .*250\]\).*--overwrite_output_dir"):
+        grown.load_state_dict(state)
+    with pytest.raises(ConfigError, match="max_seq_length 128 -> 256; tokenizer 'abc' -> 'xyz'"):
+        loader({"train_file": [["/data/a.txt", 100]], "tokenizer": "xyz", "max_seq_length": 256}).load_state_dict(state)
+    # States written before fingerprints existed (or loaders without one) still resume.
+    loader(None).load_state_dict(state)
+    legacy = dict(state)
+    del legacy["fingerprint"]
+    loader({"tokenizer": "xyz"}).load_state_dict(legacy)
+
+
 def test_errors_in_the_stream_reach_the_consumer_through_the_prefetch_thread(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a"}\n{"text": "b"}\nnot json\n')

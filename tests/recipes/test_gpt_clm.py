@@ -112,6 +112,26 @@ def test_rerun_into_a_dir_with_checkpoints_and_bad_flags_fail_in_one_line(gpt_ma
         assert code == expected, (bad, err)
 
 
+def test_resume_on_a_changed_corpus_is_a_one_line_error(gpt_main, tokenizer_dir, tmp_path, capsys):
+    """A checkpoint's data position means nothing in another corpus: resuming there is refused, not silent."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} talks about topic {i % 7} at some length." for i in range(300)))
+    out = str(tmp_path / "out")
+    args = [*QUICK, "--tokenizer_name", str(tokenizer_dir), "--train_file", str(corpus), "--checkpointing_steps",
+            "2", "--validation_split_documents", "0", "--output_dir", out]
+    gpt_main([*args, "--max_steps", "2"])
+    capsys.readouterr()
+    with corpus.open("a") as fh:
+        fh.write("\n\nA new document appended after the checkpoint.")
+    with pytest.raises(SystemExit) as info:
+        gpt_main([*args, "--max_steps", "4", "--resume_from_checkpoint", "latest"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert info.value.code == 1 and errors == lines[-1:], lines  # log lines may precede the one error line
+    assert "checkpoint was taken on other data (train_file item 0:" in errors[0] and "corpus.txt'," in errors[0]
+    assert "--overwrite_output_dir" in errors[0]
+
+
 def test_llama_from_scratch_then_continued_pretraining(gpt_main, tokenizer_dir, tmp_path):
     first, second = tmp_path / "llama", tmp_path / "continued"
     gpt_main([*QUICK, "--tokenizer_name", str(tokenizer_dir), "--model_type", "llama", "--max_steps", "5",
