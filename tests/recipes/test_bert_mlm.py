@@ -160,8 +160,7 @@ def test_two_process_ddp_run_mlm_only(trained: Path, tmp_path: Path):
 
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29547", str(RECIPE), *TINY, "--tokenizer_name", str(trained / "tokenizer"), "--no_nsp",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(RECIPE), *TINY, "--tokenizer_name", str(trained / "tokenizer"), "--no_nsp",
                            "--max_steps", "3", "--logging_steps", "1", "--output_dir", str(out)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]

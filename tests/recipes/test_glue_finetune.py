@@ -168,9 +168,9 @@ def test_two_processes_gather_every_dev_example(python_exe, tiny_bert, tmp_path)
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     runs = {
         "single": [python_exe, str(RECIPE), *common, "--mode", "linear_probe"],
-        "ddp_probe": [python_exe, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE), *common,
+        "ddp_probe": [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RECIPE), *common,
                       "--mode", "linear_probe"],
-        "ddp_ft": [python_exe, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE), *common],
+        "ddp_ft": [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RECIPE), *common],
     }
     results = {}
     for name, cmd in runs.items():

@@ -34,7 +34,7 @@ def test_two_gloo_processes_match_one_process(python_exe, repo_root, tokenizer_d
 
     single, double = tmp_path / "one", tmp_path / "two"
     run([python_exe, *args(single, 4)])
-    result = run([python_exe, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    result = run([python_exe, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                   *args(double, 2)])
     assert "2 processes" in result.stderr
 

@@ -30,8 +30,7 @@ def global_nt_xent(features: torch.Tensor, world: int, temperature: float) -> tu
 
 def test_gathered_loss_and_gradients_equal_the_global_batch(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29573", str(REPO / "tests" / "helpers" / "contrastive_gather_worker.py"), str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(REPO / "tests" / "helpers" / "contrastive_gather_worker.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
