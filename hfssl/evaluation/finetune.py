@@ -122,11 +122,13 @@ class TrainStats:
 def train(model: PreTrainedModel, train_loader: DataLoader, accelerator: Accelerator, *, learning_rate: float,
           num_epochs: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
           lr_scheduler_type: str = "linear", max_grad_norm: float = 1.0, logging_steps: int = 20,
-          desc: str = "train", on_train_begin: Callable[[PreTrainedModel], None] | None = None) -> TrainStats:
+          desc: str = "train", on_train_begin: Callable[[PreTrainedModel], None] | None = None,
+          prepare_batch: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> TrainStats:
     """Fine-tune every parameter of ``model`` in place for ``num_epochs`` (fractions allowed).
 
     ``on_train_begin`` sees the model after ``accelerator.prepare``, just
     before the first step (LP-FT uses it to show that fine-tuning starts from the probed head).
+    ``prepare_batch`` transforms each batch once it is on the device (image fine-tuning: random crops/flips).
     """
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -145,6 +147,8 @@ def train(model: PreTrainedModel, train_loader: DataLoader, accelerator: Acceler
     bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, leave=False)
     while stats.steps < total_steps:
         for batch in train_loader:
+            if prepare_batch is not None:
+                batch = prepare_batch(batch)
             loss = model(**batch).loss
             accelerator.backward(loss)
             if max_grad_norm > 0:

@@ -10,6 +10,7 @@ per image (``cls`` token or ``mean`` of the patch tokens) with the encoder froze
   (the weighted kNN of DINO's evaluation).
 
 ``--init random`` runs the same architecture with random weights: the baseline every SSL paper reports.
+``--mode finetune`` / ``--mode lp_ft`` train the whole encoder instead (hfssl/evaluation/image_finetune.py).
 
 Only the dataclass and the cheap checks live at module level; torch, datasets and transformers are
 imported inside the functions that need them, so a wrong flag is reported before they load.
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from hfssl.errors import ConfigError, DataError
+from hfssl.evaluation.args import FinetuneArguments
 
 if TYPE_CHECKING:
     import datasets
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 FEATURES = ("cls", "mean")
 INITS = ("pretrained", "random")
+MODES = ("probe", "finetune", "lp_ft")
 # Extensions the datasets "imagefolder" builder decodes with PIL (the common ones; matched lower-case).
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
@@ -70,7 +73,14 @@ class ImageProbeArguments:
     init: str = field(
         default="pretrained", metadata={"help": "pretrained, or random: same architecture, random weights."}
     )
+    mode: str = field(
+        default="probe", metadata={"help": "probe (frozen features: linear probe + kNN), finetune (train the whole "
+                                           "encoder with a new head) or lp_ft (probe, then fine-tune from it)."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the random init and of --max_train_samples."})
+    seeds: Optional[str] = field(
+        default=None, metadata={"help": "--mode finetune/lp_ft: repeat with these seeds, e.g. '1,2,3' (mean ± std)."}
+    )
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Use a random subset of N training images (seeded)."}
     )
@@ -80,6 +90,12 @@ class ImageProbeArguments:
             raise ValueError(f"--feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
         if self.init not in INITS:
             raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode != "probe" and self.feature != "cls":
+            # ViTForImageClassification's head reads the CLS token; a mean-pooled head is another model.
+            raise ValueError(f"--mode {self.mode} trains the checkpoint's own classification head, which reads "
+                             "the CLS token: use --feature cls")
         if self.per_device_eval_batch_size < 1:
             raise ValueError("--per_device_eval_batch_size must be >= 1")
         if self.dataloader_num_workers < 0:
@@ -94,6 +110,12 @@ class ImageProbeArguments:
             raise ValueError(f"--probe_weight_decay must be >= 0, got {self.probe_weight_decay}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError("--max_train_samples must be >= 1")
+        if self.seeds and self.mode == "probe":
+            raise ValueError("--seeds repeats training: use it with --mode finetune or lp_ft (the probe uses --seed)")
+        self.seed_list()  # validate early
+
+    # The GLUE runner's parsing of --seed/--seeds (duplicates, non-integers), shared rather than copied.
+    seed_list = FinetuneArguments.seed_list
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -236,16 +258,23 @@ def _logger() -> Any:
     return get_logger(__name__)
 
 
-def load_backbone(model_name_or_path: str, init: str = "pretrained", seed: int = 42) -> tuple[PreTrainedModel, Any]:
-    """The encoder ``AutoModel`` gives for the checkpoint (random weights for ``init="random"``) and its processor."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, set_seed
+def load_image_processor(model_name_or_path: str) -> Any:
+    """The checkpoint's own image processor; ConfigError when it was saved without one."""
+    from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+        return AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):
         raise ConfigError(f"--model_name_or_path {model_name_or_path} has no image processor "
                           "(preprocessor_config.json); save one with the model, e.g. "
                           "ViTImageProcessor(size=...).save_pretrained(dir)") from None
+
+
+def load_backbone(model_name_or_path: str, init: str = "pretrained", seed: int = 42) -> tuple[PreTrainedModel, Any]:
+    """The encoder ``AutoModel`` gives for the checkpoint (random weights for ``init="random"``) and its processor."""
+    from transformers import AutoConfig, AutoModel, set_seed
+
+    processor = load_image_processor(model_name_or_path)
     config = AutoConfig.from_pretrained(model_name_or_path)
     # ViTModel's pooler is not part of a ViTForMaskedImageModeling checkpoint and the probe never reads it.
     kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
@@ -315,15 +344,26 @@ class ProbeResult:
     train_loss: float
 
 
+@dataclass
+class LinearHead:
+    """The probe as an ``nn.Linear`` on RAW features: the standardisation folded into weight and bias."""
+
+    weight: torch.Tensor  # (num_classes, dim), nn.Linear layout
+    bias: torch.Tensor    # (num_classes,)
+
+
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Zero mean, unit variance per dimension with the TRAINING statistics (applied to every set)."""
+    mean, std = _feature_stats(train)
+    return tuple((x - mean) / std for x in (train, *others))
+
+
+def _feature_stats(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
-    mean = train.mean(dim=0)
     std = train.std(dim=0)
     # A constant dimension carries nothing; dividing by ~0 would blow up its validation values.
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    return tuple((x - mean) / std for x in (train, *others))
+    return train.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std))
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -334,10 +374,24 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     Loss: mean cross-entropy + 0.5 * weight_decay * ||W||^2 (the bias is not penalised). The problem is
     convex and starts from zero weights, so the result depends on no seed.
     """
+    return linear_probe_head(train_x, train_y, val_x, val_y, num_classes, steps, weight_decay, device)[0]
+
+
+def linear_probe_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                      num_classes: int, steps: int = 300, weight_decay: float = 1e-4,
+                      device: torch.device | str = "cpu") -> tuple[ProbeResult, LinearHead]:
+    """:func:`linear_probe`, plus the trained probe as a :class:`LinearHead` on raw features (for LP-FT).
+
+    Folding ``((x - mu) / sigma) @ W + b`` into ``x @ (W / sigma) + (b - (mu / sigma) @ W)`` is exact, so a
+    classification head loaded with it predicts what the probe predicts, and the probe itself keeps
+    training on well-conditioned standardised features.
+    """
     import torch
     import torch.nn.functional as F
 
-    train_x, val_x = standardise(train_x.float(), val_x.float())
+    train_x, val_x = train_x.float(), val_x.float()
+    mean, std = _feature_stats(train_x)
+    train_x, val_x = standardise(train_x, val_x)
     train_x, val_x = train_x.to(device), val_x.to(device)
     train_y, val_y = train_y.long().to(device), val_y.long().to(device)
     weight = torch.zeros(train_x.shape[1], num_classes, device=device, requires_grad=True)
@@ -357,7 +411,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         train_loss = F.cross_entropy(train_logits, train_y).item()
         train_acc = (train_logits.argmax(1) == train_y).float().mean().item()
         val_acc = ((val_x @ weight + bias).argmax(1) == val_y).float().mean().item()
-    return ProbeResult(accuracy=val_acc, train_accuracy=train_acc, train_loss=train_loss)
+        scaled = weight / std.to(device)[:, None]
+        head = LinearHead(weight=scaled.T.contiguous().cpu(), bias=(bias - mean.to(device) @ scaled).cpu())
+    return ProbeResult(accuracy=val_acc, train_accuracy=train_acc, train_loss=train_loss), head
 
 
 def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
@@ -455,6 +511,7 @@ def run(args: ImageProbeArguments) -> dict[str, Any]:
     timings["total"] = round(time.time() - started, 2)
     results = {
         "model_name_or_path": model_path,
+        "mode": "probe",
         "init": args.init,
         "feature": args.feature,
         "feature_dim": int(feats["train"].shape[1]),
@@ -492,12 +549,15 @@ def render(results: dict[str, Any]) -> str:
 __all__ = [
     "ImageProbeArguments",
     "ImageSplits",
+    "LinearHead",
     "ProbeResult",
     "check_data_selection",
     "extract_image_features",
     "knn_predict",
     "linear_probe",
+    "linear_probe_head",
     "load_backbone",
+    "load_image_processor",
     "load_image_splits",
     "pool_features",
     "render",
