@@ -36,7 +36,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     StepClock,
     TimedLoader,
+    bench_main,
     device_name,
     finish_mfu,
     mfu_fields,
@@ -275,11 +275,7 @@ def nsp_costs(results: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-    print(json.dumps(run(argv)))
+    bench_main(argv, parse, worker, run)
 
 
 if __name__ == "__main__":

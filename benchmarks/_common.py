@@ -98,3 +98,10 @@ def device_name() -> str:
     import torch
 
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def bench_main(argv: list[str] | None, parse: Any, worker: Any, run: Any) -> None:
+    """A benchmark's entry point: a worker (``--worker NAME``, started by ``run_contenders``) prints its one
+    contender's JSON; otherwise the parent runs every contender and prints the combined JSON line."""
+    args = parse(argv)
+    print(json.dumps(worker(args) if args.worker else run(argv)))

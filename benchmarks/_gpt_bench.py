@@ -32,7 +32,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     StepClock,
     TimedLoader,
+    bench_main,
     device_name,
     finish_mfu,
     mfu_fields,
@@ -239,11 +239,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-    print(json.dumps(run(argv)))
+    bench_main(argv, parse, worker, run)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -51,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import StepClock, device_name, run_contenders  # noqa: E402
+from _common import StepClock, bench_main, device_name, run_contenders  # noqa: E402
 
 CONTENDERS = ("hf_trainer", "hf_trainer_compile", "hfssl_mim", "hfssl_mim_compile", "hfssl_rotation",
               "hfssl_contrastive")
@@ -429,11 +428,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-    print(json.dumps(run(argv)))
+    bench_main(argv, parse, worker, run)
 
 
 if __name__ == "__main__":

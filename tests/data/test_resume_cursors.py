@@ -18,6 +18,7 @@ from hfssl.data import (
     tokenization,
 )
 from hfssl.errors import ConfigError, DataError
+from tests.helpers.encoding import count_encoded_chars
 
 PIECE_CHARS = 1_500  # shrunk limits: documents of the built-in corpus then span several pieces
 
@@ -39,20 +40,7 @@ def documents(corpus_texts) -> datasets.IterableDataset:
 @pytest.fixture
 def encoded_chars(monkeypatch) -> list[int]:
     """Counts the characters handed to the tokenizer (a one-element list, reset it freely)."""
-    count = [0]
-    real = tokenization.make_encoder
-
-    def counting(tokenizer):
-        encode = real(tokenizer)
-
-        def wrapped(batch):
-            count[0] += sum(map(len, batch))
-            return encode(batch)
-
-        return wrapped
-
-    monkeypatch.setattr(tokenization, "make_encoder", counting)
-    return count
+    return count_encoded_chars(monkeypatch, tokenization)
 
 
 def _stream(kind: str, documents, bpe_tokenizer, wordpiece_tokenizer):

@@ -12,6 +12,7 @@ import torch
 from hfssl.data import StatefulLoader, collate_padded, nsp_pairs, pack_clm, sentence_pairs
 from hfssl.data.sentence_pairs import split_sentences
 from hfssl.errors import ConfigError, DataError
+from tests.helpers.encoding import count_encoded_chars
 
 EMPTY = ["", "  \n\n  ", "\n"]  # documents without a single sentence: skipped, never pooled or pending
 
@@ -43,20 +44,7 @@ def wide_texts(corpus_texts) -> list[str]:
 @pytest.fixture
 def encoded_chars(monkeypatch) -> list[int]:
     """Counts the characters sentence_pairs hands to the tokenizer (a one-element list, reset it freely)."""
-    count = [0]
-    real = sentence_pairs.make_encoder
-
-    def counting(tokenizer):
-        encode = real(tokenizer)
-
-        def wrapped(batch):
-            count[0] += sum(map(len, batch))
-            return encode(batch)
-
-        return wrapped
-
-    monkeypatch.setattr(sentence_pairs, "make_encoder", counting)
-    return count
+    return count_encoded_chars(monkeypatch, sentence_pairs)
 
 
 def _picks(pairs: list[tuple[dict, dict]]) -> dict[str, int]:
