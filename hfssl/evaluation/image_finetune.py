@@ -149,11 +149,12 @@ class ImageBatches:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         import torch
 
-        images = [ex[self.image_column].convert("RGB") for ex in examples]
+        from hfssl.evaluation.image_probe import _Preprocess
+
         labels = [ex[self.label_column] for ex in examples]
         if self.label_to_id is not None:
             labels = [self.label_to_id[v] for v in labels]
-        return {"pixel_values": self.processor(images=images, return_tensors="pt")["pixel_values"],
+        return {"pixel_values": _Preprocess(self.processor, self.image_column)(examples),
                 "labels": torch.tensor(labels, dtype=torch.long)}
 
 

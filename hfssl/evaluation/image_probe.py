@@ -302,8 +302,10 @@ class _Preprocess:
         self.image_column = image_column
 
     def __call__(self, examples: list[dict[str, Any]]) -> torch.Tensor:
-        images = [ex[self.image_column].convert("RGB") for ex in examples]
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        from hfssl.data.images import to_rgb  # transparency onto white, as training and the processor do
+
+        return self.processor(images=[to_rgb(ex[self.image_column]) for ex in examples],
+                              return_tensors="pt")["pixel_values"]
 
 
 def extract_image_features(model: PreTrainedModel, processor: Any, dataset: datasets.Dataset, image_column: str,
