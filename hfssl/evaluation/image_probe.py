@@ -58,7 +58,7 @@ class ImageProbeArguments:
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
-    output_dir: str = field(default="out", metadata={"help": "Where results.json goes."})
+    output_dir: str = field(default="out/image_probe", metadata={"help": "Where results.json goes."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Images per feature-extraction batch."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes decoding images."})
     feature: str = field(
