@@ -253,3 +253,48 @@ def test_library_call_returns_commit_info(fake_hub: FakeHub, tiny_run: Path, tmp
     assert _commits(fake_hub, "alice/lib")[0]["title"] == "from the loop"
     status, body = hub_read(fake_hub, "/alice/lib/resolve/main/README.md")
     assert status == 200 and "license: mit" in body.decode() and "- fr" in body.decode()
+
+
+VIT_RELOAD = r"""
+import json, sys
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+run_dir, repo = sys.argv[1], sys.argv[2]
+image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+outputs = []
+for source in (repo, run_dir):
+    processor = AutoImageProcessor.from_pretrained(source)
+    model = AutoModel.from_pretrained(source, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        outputs.append(model(**processor(images=image, return_tensors="pt")).last_hidden_state)
+print(json.dumps({"class": type(model).__name__, "same": torch.equal(outputs[0], outputs[1]),
+                  "shape": list(outputs[0].shape)}))
+"""
+
+
+def test_vit_run_pushes_and_reloads_with_its_image_processor(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """A real vit_pretext run: the Hub copy gives the same features as the local export, processor included."""
+    import subprocess
+    import sys
+
+    repo_root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "vit"
+    trained = subprocess.run([sys.executable, str(repo_root / "recipes" / "vit_pretext.py"), "--pretext_task", "jigsaw",
+                              "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_eval_batches", "1",
+                              "--checkpointing_steps", "0", "--output_dir", str(out)],
+                             capture_output=True, text=True, timeout=300, cwd=repo_root)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    env = hub_env(fake_hub.url, tmp_path / "push-home", token=ALICE_TOKEN)
+    proc = run_push_cli([str(out), "--hub_model_id", "alice/vit-jigsaw"], env)
+    assert proc.returncode == 0, proc.stderr
+    files = remote_files(fake_hub, "alice/vit-jigsaw")
+    assert {"preprocessor_config.json", "model.safetensors", "config.json", "README.md"} <= files
+    assert not any(f.startswith("checkpoints/") for f in files)
+    loaded = run_python(VIT_RELOAD, hub_env(fake_hub.url, tmp_path / "load-home"), str(out), "alice/vit-jigsaw",
+                        timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    report = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert report == {"class": "ViTModel", "same": True, "shape": [1, 65, 64]}
