@@ -20,6 +20,7 @@ from typing import Optional
 from hfssl.cli import main_entry, parse_args
 from hfssl.config import TrainingArguments, VisionModelArguments
 from hfssl.data.images import ImageDataArguments
+from hfssl.evaluation.knn_monitor import image_knn_monitor
 from hfssl.models.vision import build_vision_model, image_statistics, resolve_image_processor
 from hfssl.objectives.vision import PRETEXT_TASKS, build_objective
 from hfssl.training import make_accelerator, train
@@ -36,6 +37,9 @@ class PretextArguments:
     num_permutations: Optional[int] = field(
         default=None, metadata={"help": "jigsaw: size of the permutation set (default: all, up to 100)."})
     temperature: float = field(default=0.1, metadata={"help": "contrastive: NT-Xent temperature."})
+    knn_monitor_samples: int = field(default=1000, metadata={
+        "help": "At every evaluation, kNN top-1 of the CLS features (bank: this many labelled training images, "
+                "queries: as many validation images); needs labels (class sub-folders); 0 turns it off."})
     gather_negatives: bool = field(default=True, metadata={
         "help": "contrastive: contrast with the views of every process (SimCLR's global batch), not only "
                 "this process's; --no_gather_negatives turns it off."})
@@ -47,6 +51,8 @@ class PretextArguments:
             raise ValueError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.temperature <= 0:
             raise ValueError("--temperature must be positive")
+        if self.knn_monitor_samples < 0:
+            raise ValueError("--knn_monitor_samples must be >= 0")
 
     def objective_options(self) -> dict:
         """The options of the chosen task only, under the objective's own argument names."""
@@ -78,9 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     mean, std = image_statistics(processor)
     objective = build_objective(task_args.pretext_task, model.config, mean, std, **task_args.objective_options())
     train_loader, eval_factory = build_image_loaders(data_args, args, image_size=image_size, accelerator=accelerator)
+    monitors = []
+    if eval_factory is not None and task_args.knn_monitor_samples > 0:
+        monitor = image_knn_monitor(data_args, image_size=image_size, seed=args.seed,
+                                    samples=task_args.knn_monitor_samples,
+                                    prepare=lambda pixels: objective.normalize(objective.to_unit(pixels)))
+        monitors = [monitor] if monitor is not None else []
     result = train(objective=objective, model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=processor,
-                   configs_to_record=(model_args, data_args, args, task_args), accelerator=accelerator)
+                   configs_to_record=(model_args, data_args, args, task_args), accelerator=accelerator,
+                   eval_callbacks=monitors)
     if accelerator.is_main_process:
         summary = {k: round(v, 4) for k, v in result.metrics.items() if "loss" in k or "accuracy" in k}
         print(f"done: step {result.global_step}, {summary}, export in {result.export_dir}")

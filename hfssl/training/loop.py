@@ -323,8 +323,10 @@ class TrainingRun:
 
     def __init__(self, objective: Objective, model: PreTrainedModel, train_loader: Any, args: TrainingArguments,
                  eval_loader_factory: Callable[[], Iterable[dict]] | None, processing_class: Any,
-                 configs_to_record: Sequence[Any], accelerator: Accelerator):
+                 configs_to_record: Sequence[Any], accelerator: Accelerator,
+                 eval_callbacks: Sequence[Callable[[PreTrainedModel], dict[str, float]]] = ()):
         self.args = args
+        self.eval_callbacks = tuple(eval_callbacks)
         self.accelerator = accelerator
         self.objective = objective
         self.eval_loader_factory = eval_loader_factory
@@ -504,10 +506,26 @@ class TrainingRun:
         record["eval_tokens"] = count.get(primary, 0.0)
         if getattr(self.objective, "reports_perplexity", False):
             record["eval_perplexity"] = math.exp(min(record["eval_loss"], 700.0))
+        record.update(self._run_eval_callbacks(module.backbone))
         self.metrics.log({"step": self.step, **record})
         self.last_eval = record
         self.last_eval_step = self.step
         return record
+
+    def _run_eval_callbacks(self, backbone: PreTrainedModel) -> dict[str, float]:
+        """Extra quality signals (e.g. a kNN monitor) computed by the main process on the bare backbone;
+        they involve no collective, so the other ranks simply go on to the next one."""
+        if not self.eval_callbacks or not self.accelerator.is_main_process:
+            return {}
+        extra: dict[str, float] = {}
+        backbone.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                for callback in self.eval_callbacks:
+                    extra.update({f"eval_{k}": float(v) for k, v in callback(backbone).items()})
+        finally:
+            backbone.train()
+        return extra
 
     def _agreed_keys(self, keys: list[str]) -> list[str]:
         if self.world == 1:
@@ -620,13 +638,15 @@ def train(
     processing_class: Any = None,
     configs_to_record: Sequence[Any] = (),
     accelerator: Accelerator | None = None,
+    eval_callbacks: Sequence[Callable[[PreTrainedModel], dict[str, float]]] = (),
 ) -> TrainResult:
     """Train ``model`` with ``objective`` on ``train_loader`` and export it into ``args.output_dir``.
 
     ``train_loader`` yields CPU batches already sharded for this rank (it is never passed through
     ``accelerator.prepare``); if it has ``state_dict``/``load_state_dict``/``set_epoch`` the run
-    resumes at the exact data position.
+    resumes at the exact data position. ``eval_callbacks`` add metrics to every evaluation (each gets
+    the bare backbone in eval mode, returns ``{name: value}``, logged as ``eval_<name>``).
     """
     accelerator = accelerator or make_accelerator(args)
     return TrainingRun(objective, model, train_loader, args, eval_loader_factory, processing_class,
-                   configs_to_record, accelerator).run()
+                       configs_to_record, accelerator, eval_callbacks).run()

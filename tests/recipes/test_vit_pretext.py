@@ -55,6 +55,7 @@ def test_every_task_trains_and_exports_a_stock_vit(task: str, recipe, tmp_path: 
     processor = AutoImageProcessor.from_pretrained(out)
     assert processor.size == {"height": 32, "width": 32}
     assert json.loads((out / "run_config.json").read_text())["config"]["pretext_task"] == task
+    assert 0.0 <= results["eval_knn_accuracy"] <= 1.0  # the digits have labels: the kNN monitor ran
 
 
 def test_default_run_learns_rotation_and_beats_chance(recipe, tmp_path: Path):
@@ -65,6 +66,7 @@ def test_default_run_learns_rotation_and_beats_chance(recipe, tmp_path: Path):
     assert history[-1]["loss"] < history[0]["loss"] - 0.2, history
     final = json.loads((out / "all_results.json").read_text())
     assert final["eval_accuracy"] > 0.35  # four rotations: chance is 0.25
+    assert final["eval_knn_accuracy"] > 0.2  # ten digits: chance is 0.1 (measured 0.4-0.5)
 
 
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(recipe, tmp_path: Path):
@@ -110,6 +112,7 @@ def test_own_image_folder_with_held_out_images(recipe, tmp_path: Path):
                  "--output_dir", str(out)])
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_tokens"] > 0  # the 8 held-out images were evaluated
+    assert "eval_knn_accuracy" not in results  # no labels, no kNN monitor, no failure
     assert AutoImageProcessor.from_pretrained(out).size == {"height": 16, "width": 16}
 
 
