@@ -105,3 +105,16 @@ def bench_main(argv: list[str] | None, parse: Any, worker: Any, run: Any) -> Non
     contender's JSON; otherwise the parent runs every contender and prints the combined JSON line."""
     args = parse(argv)
     print(json.dumps(worker(args) if args.worker else run(argv)))
+
+
+def record_losses(accelerator: Any) -> list[Any]:
+    """Make ``accelerator.backward`` keep every loss it is given (on the device: no sync); returns the list."""
+    losses: list[Any] = []
+    backward = accelerator.backward
+
+    def recording_backward(loss: Any, **kwargs: Any) -> Any:
+        losses.append(loss.detach())
+        return backward(loss, **kwargs)
+
+    accelerator.backward = recording_backward
+    return losses

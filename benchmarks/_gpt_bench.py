@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     finish_mfu,
     mfu_fields,
     ratios_to,
+    record_losses,
     run_contenders,
 )
 
@@ -146,14 +147,7 @@ def run_hfssl(args: argparse.Namespace, compile_: bool, out_dir: str) -> dict[st
     loader = make_loader(data.to_iterable_dataset(), batch_size=args.batch_size, collate_fn=collate_fixed,
                          accelerator=accelerator, seed=0)
     clock = StepClock()
-    losses: list[Any] = []
-    backward = accelerator.backward
-
-    def recording_backward(loss, **kwargs):  # the step's mean loss, kept on the device (no sync)
-        losses.append(loss.detach())
-        return backward(loss, **kwargs)
-
-    accelerator.backward = recording_backward
+    losses = record_losses(accelerator)
     train(objective=CausalLMObjective(loss_chunk_size=args.loss_chunk_size), model=net,
           train_loader=TimedLoader(loader, clock), args=targs, accelerator=accelerator)
     return {**clock.throughput(args.warmup_steps, args.steps), **mean_loss(losses, args.warmup_steps, args.steps),

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import StepClock, bench_main, device_name, run_contenders  # noqa: E402
+from _common import StepClock, bench_main, device_name, record_losses, run_contenders  # noqa: E402
 
 CONTENDERS = ("hf_trainer", "hf_trainer_compile", "hfssl_mim", "hfssl_mim_compile", "hfssl_rotation",
               "hfssl_contrastive")
@@ -342,14 +342,7 @@ def run_hfssl(args: argparse.Namespace, task: str, compile_: bool, out_dir: str)
     options = {"mask_ratio": MASK_RATIO, "mask_patch_size": args.mask_patch_size} if task == "mim" else {}
     objective = build_objective(task, model.config, mean, std, **options)
     clock = StepClock()
-    losses: list[Any] = []
-    backward = accelerator.backward
-
-    def recording_backward(loss, **kwargs):  # the step's normalised loss, kept on the device (no sync)
-        losses.append(loss.detach())
-        return backward(loss, **kwargs)
-
-    accelerator.backward = recording_backward
+    losses = record_losses(accelerator)
     loader = image_loader(args, accelerator)
     train(objective=objective, model=model, train_loader=ImageTimedLoader(loader, clock), args=targs,
           accelerator=accelerator)
