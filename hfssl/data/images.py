@@ -37,7 +37,8 @@ _CURSOR_KIND = "images"
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _image_extensions() -> frozenset[str]:
+def image_extensions() -> frozenset[str]:
+    """The file extensions the ``imagefolder`` builder reads (lower case, with the dot)."""
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
     return frozenset(ext.lower() for ext in ImageFolder.EXTENSIONS)
@@ -48,7 +49,7 @@ def _check_image_dir(path: str, flag: str) -> str:
     path = os.path.expanduser(path)
     if not os.path.isdir(path):
         raise DataError(f"{flag} {path} does not exist or is not a directory")
-    extensions = _image_extensions()
+    extensions = image_extensions()
     for _, _, names in os.walk(path):
         if any(os.path.splitext(name)[1].lower() in extensions for name in names):
             return path
@@ -59,7 +60,7 @@ def _check_image_dir(path: str, flag: str) -> str:
 
 def _image_files(folder: str) -> list[str]:
     """Every image file under ``folder``, in path order."""
-    extensions = _image_extensions()
+    extensions = image_extensions()
     return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
                   if os.path.splitext(name)[1].lower() in extensions)
 
@@ -329,6 +330,21 @@ class ImageDataArguments:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}")
+
+
+def has_validation_images(data_args: ImageDataArguments) -> bool:
+    """Whether ``load_image_dataset_from_args(data_args, "validation")`` has images to give: a
+    ``--validation_dir``, held-out images, the built-in digits' folder, or a Hub dataset's ``validation``
+    split (an unreachable or unknown dataset counts as none: the training stream reports the real error)."""
+    if data_args.validation_dir or data_args.validation_split_images > 0:
+        return True
+    if not data_args.dataset_name:
+        return not data_args.train_dir  # the built-in digits come with a validation folder
+    try:
+        names = datasets.get_dataset_split_names(data_args.dataset_name, data_args.dataset_config_name)
+    except Exception:
+        return False
+    return "validation" in names
 
 
 def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "train",

@@ -35,9 +35,6 @@ FEATURES = ("cls", "mean")
 INITS = ("pretrained", "random")
 MODES = ("probe", "finetune", "lp_ft")
 # Extensions the datasets "imagefolder" builder decodes with PIL (the common ones; matched lower-case).
-IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
-
-
 @dataclass
 class ImageProbeArguments:
     """Flags of ``recipes/image_probe.py``; data flags are named as in transformers' ``run_image_classification.py``."""
@@ -139,12 +136,17 @@ def check_data_selection(args: ImageProbeArguments) -> str:
     return "folder" if folders else "hub"
 
 
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def scan_image_folder(path: str, flag: str = "train_dir") -> dict[str, list[str]]:
-    """``{class name: [image paths]}`` of a ``path/<class>/<image>`` folder; DataError when it is not one."""
+    """``{class name: [image paths]}`` of a ``path/<class>/<image>`` folder; DataError when it is not one.
+
+    Image files are those the ``imagefolder`` builder reads, the same set pretraining streams."""
+    from hfssl.data.images import image_extensions
+
+    extensions = image_extensions()
+
+    def _is_image(name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in extensions
+
     entries = sorted(os.listdir(path))
     loose = [e for e in entries if os.path.isfile(os.path.join(path, e)) and _is_image(e)]
     classes: dict[str, list[str]] = {}
@@ -162,7 +164,7 @@ def scan_image_folder(path: str, flag: str = "train_dir") -> dict[str, list[str]
                         "sub-folders; move them into a class folder")
     if not classes:
         raise DataError(f"--{flag} {path} has no class sub-folders with images "
-                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}); expected {path}/<class>/<image>")
+                        f"(.png, .jpg, ...); expected {path}/<class>/<image>")
     return classes
 
 

@@ -223,7 +223,12 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
     A validation factory exists when there are validation images (``--validation_dir``,
     ``--validation_split_images``, the Hub dataset's validation split or the built-in set's).
     """
-    from hfssl.data.images import ImageExamples, collate_images, load_image_dataset_from_args
+    from hfssl.data.images import (
+        ImageExamples,
+        collate_images,
+        has_validation_images,
+        load_image_dataset_from_args,
+    )
 
     def examples(split: str) -> ImageExamples:
         # Folders list class after class: stream the training files in a seeded random order.
@@ -238,11 +243,7 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
                                collate_fn=collate_images, accelerator=accelerator, seed=args.seed,
                                shuffle_buffer_size=data_args.shuffle_buffer_size, num_workers=prefetch,
                                fingerprint=data_fingerprint(data_args, image_size=image_size))
-    has_eval = bool(data_args.validation_dir or data_args.validation_split_images or
-                    not (data_args.train_dir or data_args.dataset_name))
-    if data_args.dataset_name and not has_eval:
-        has_eval = _hub_has_validation(data_args)
-    if not has_eval:
+    if not has_validation_images(data_args):
         return train_loader, None
 
     def factory() -> Iterable[dict]:
@@ -250,14 +251,6 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
                            collate_fn=collate_images, accelerator=accelerator, seed=0, drop_last=False)
 
     return train_loader, factory
-
-
-def _hub_has_validation(data_args: Any) -> bool:
-    try:
-        names = datasets.get_dataset_split_names(data_args.dataset_name, data_args.dataset_config_name)
-    except Exception:  # offline or unknown: the training stream reports the real error
-        return False
-    return "validation" in names
 
 
 def generate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str = "The",

@@ -18,6 +18,7 @@ from hfssl.data.images import (
     ImageDataArguments,
     ImageExamples,
     collate_images,
+    has_validation_images,
     load_image_dataset,
     load_image_dataset_from_args,
 )
@@ -310,3 +311,17 @@ def test_seeded_file_order_mixes_classes_and_keeps_labels(tmp_path):
     held = [r["image"]["path"] for r in load_image_dataset_from_args(args, "validation", file_order_seed=1)]
     rest = [r["image"]["path"] for r in load_image_dataset_from_args(args, "train", file_order_seed=1)]
     assert held == [p for p, _ in one[:6]] and rest == [p for p, _ in one[6:]]
+
+
+def test_has_validation_images_matches_what_the_validation_split_gives(tmp_path):
+    _grid_folder(tmp_path / "train", n=6)
+    own = ImageDataArguments(train_dir=str(tmp_path / "train"))
+    assert not has_validation_images(own)
+    with pytest.raises(DataError, match="no validation images"):
+        load_image_dataset_from_args(own, "validation")
+    for args in (ImageDataArguments(train_dir=str(tmp_path / "train"), validation_split_images=2),
+                 ImageDataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "train")),
+                 ImageDataArguments()):  # the built-in digits
+        assert has_validation_images(args)
+        assert next(iter(load_image_dataset_from_args(args, "validation")), None) is not None
+    assert not has_validation_images(ImageDataArguments(dataset_name="someone/offline-images"))  # offline here
