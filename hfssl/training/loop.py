@@ -15,6 +15,7 @@ reproduces the uninterrupted run bit for bit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -55,6 +56,29 @@ class TrainResult:
     global_step: int
     metrics: dict[str, float] = field(default_factory=dict)
     export_dir: str = ""
+
+
+# How a run's backbone is written to output_dir and proven to reload. The defaults serve every stock
+# transformers backbone; a family without a transformers class (word2vec) brings its own pair.
+#: ``export_fn(backbone, output_dir, state_dict)``: write the export (``state_dict``: gathered full weights
+#: under FSDP/DeepSpeed, else None and the backbone's own weights are written).
+ExportFn = Callable[[nn.Module, str, "dict[str, torch.Tensor] | None"], None]
+#: ``verify_fn(output_dir, backbone)``: reload the export and compare with ``backbone``; raise HfsslError on a
+#: mismatch; returns one message per check, e.g. "reloads with AutoModel (max |diff| 0)".
+VerifyFn = Callable[[str, nn.Module], "list[str]"]
+
+
+def _export_stock(backbone: PreTrainedModel, output_dir: str, state_dict: dict[str, torch.Tensor] | None, *,
+                  processing_class: Any) -> None:
+    export_pretrained(backbone, processing_class, output_dir, state_dict=state_dict)
+
+
+def _verify_stock(output_dir: str, backbone: PreTrainedModel) -> list[str]:
+    messages = []
+    for auto_class in auto_classes_for(backbone):
+        diff = verify_reload(output_dir, backbone, auto_class=auto_class)
+        messages.append(f"reloads with {auto_class.__name__} (max |diff| {diff:.2g})")
+    return messages
 
 
 class ObjectiveModule(nn.Module):
@@ -324,8 +348,11 @@ class TrainingRun:
     def __init__(self, objective: Objective, model: PreTrainedModel, train_loader: Any, args: TrainingArguments,
                  eval_loader_factory: Callable[[], Iterable[dict]] | None, processing_class: Any,
                  configs_to_record: Sequence[Any], accelerator: Accelerator,
-                 eval_callbacks: Sequence[Callable[[PreTrainedModel], dict[str, float]]] = ()):
+                 eval_callbacks: Sequence[Callable[[PreTrainedModel], dict[str, float]]] = (),
+                 export_fn: ExportFn | None = None, verify_fn: VerifyFn | None = None):
         self.args = args
+        self.export_fn = export_fn or functools.partial(_export_stock, processing_class=processing_class)
+        self.verify_fn = verify_fn or _verify_stock
         self.eval_callbacks = tuple(eval_callbacks)
         self.accelerator = accelerator
         self.objective = objective
@@ -562,7 +589,7 @@ class TrainingRun:
             state_dict = {k[len("backbone."):]: v for k, v in full.items() if k.startswith("backbone.")}
         if acc.is_main_process:
             backbone = acc.unwrap_model(self.module).backbone
-            export_pretrained(backbone, self.processing_class, self.args.output_dir, state_dict=state_dict)
+            self.export_fn(backbone, self.args.output_dir, state_dict)
         acc.wait_for_everyone()
 
     def _push(self, message: str) -> None:
@@ -617,10 +644,8 @@ class TrainingRun:
             write_run_info(args.output_dir, *self.configs_to_record)
             if acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
                 backbone = acc.unwrap_model(self.module).backbone
-                for auto_class in auto_classes_for(backbone):
-                    diff = verify_reload(args.output_dir, backbone, auto_class=auto_class)
-                    logger.info("export in %s reloads with %s (max |diff| %.2g)", args.output_dir,
-                                auto_class.__name__, diff)
+                for message in self.verify_fn(args.output_dir, backbone):
+                    logger.info("export in %s %s", args.output_dir, message)
         acc.wait_for_everyone()
         if args.push_to_hub:
             self._push("End of training")
@@ -639,6 +664,8 @@ def train(
     configs_to_record: Sequence[Any] = (),
     accelerator: Accelerator | None = None,
     eval_callbacks: Sequence[Callable[[PreTrainedModel], dict[str, float]]] = (),
+    export_fn: ExportFn | None = None,
+    verify_fn: VerifyFn | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``objective`` on ``train_loader`` and export it into ``args.output_dir``.
 
@@ -646,7 +673,9 @@ def train(
     ``accelerator.prepare``); if it has ``state_dict``/``load_state_dict``/``set_epoch`` the run
     resumes at the exact data position. ``eval_callbacks`` add metrics to every evaluation (each gets
     the bare backbone in eval mode, returns ``{name: value}``, logged as ``eval_<name>``).
+    ``export_fn``/``verify_fn`` replace the stock ``save_pretrained`` export and its Auto-class reload
+    check, for a backbone that is not a transformers model (see ``ExportFn``/``VerifyFn``).
     """
     accelerator = accelerator or make_accelerator(args)
     return TrainingRun(objective, model, train_loader, args, eval_loader_factory, processing_class,
-                       configs_to_record, accelerator, eval_callbacks).run()
+                       configs_to_record, accelerator, eval_callbacks, export_fn, verify_fn).run()
