@@ -7,9 +7,56 @@ dataclass for objective-specific options.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+from hfssl.errors import ConfigError
+
+
+def with_defaults(cls: type, **defaults: Any) -> type:
+    """A subclass of dataclass ``cls`` with other default values (help texts kept).
+
+    Lets a recipe choose defaults suited to it (e.g. a short CPU run) without touching the shared
+    argument classes. Lives here, beside the dataclasses, so a recipe can define its arguments and
+    answer ``--help`` without importing torch.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(defaults) - set(known)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    fields = [(name, hints[name], dataclasses.field(default=value, metadata=known[name].metadata))
+              for name, value in defaults.items()]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+
+
+def check_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Raise ValueError (one line, at parse time) when ``path`` cannot become a directory: it is an
+    existing file, or one of its parents is."""
+    if not path:
+        raise ValueError(f"{flag} must not be empty")
+    probe = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        if probe == os.path.abspath(os.path.expanduser(path)):
+            raise ValueError(f"{flag} {path} is a file, not a directory: give a directory (created if missing)")
+        raise ValueError(f"{flag} {path} cannot be created: {probe} is a file, not a directory")
+
+
+def require_max_steps(args: TrainingArguments) -> None:
+    """The pretraining recipes stream their data, which has no length to count epochs in: they need --max_steps."""
+    if args.max_steps <= 0:
+        raise ConfigError(f"--max_steps {args.max_steps}: give a positive number of optimizer steps (the training "
+                          "data is streamed, so there is no length to count --num_train_epochs in)")
+
 
 _MIXED_PRECISION = ("no", "fp16", "bf16")
 _HUB_STRATEGIES = ("end", "every_save", "checkpoint")
@@ -81,9 +128,17 @@ class DataArguments:
         metadata={"help": "Local files or globs (.txt, .jsonl/.json, .parquet, .csv, optionally .gz)."},
     )
     validation_file: Optional[list[str]] = field(default=None, metadata={"help": "Validation files or globs."})
+    validation_split_percentage: int = field(
+        default=0,
+        metadata={"help": "Hold out this percentage of the training text for validation when there is no "
+                          "--validation_file (as run_clm.py): documents are cut into passages of about 2,000 "
+                          "characters at paragraph breaks and every (100/P)th passage is held out, so even one "
+                          "big file splits. 0: no hold-out."},
+    )
     validation_split_documents: int = field(
         default=0,
-        metadata={"help": "Hold out this many leading documents of the training stream for validation."},
+        metadata={"help": "Hold out this many leading documents of the training stream for validation instead "
+                          "(each .txt file is one document); replaces --validation_split_percentage."},
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the text (jsonl/csv/parquet/Hub)."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per training sequence."})
@@ -101,7 +156,9 @@ class DataArguments:
     strip_gutenberg: bool = field(
         default=True, metadata={"help": "Strip Project Gutenberg licence headers and footers."}
     )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training stream."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use at most this many training documents (after the validation hold-out)."}
+    )
     preprocessing_num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
 
     def __post_init__(self) -> None:
@@ -111,6 +168,12 @@ class DataArguments:
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
         if self.dataset_name and self.train_file:
             raise ValueError("give either --dataset_name or --train_file, not both")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max_train_samples must be at least 1, got {self.max_train_samples}")
+        if self.validation_split_documents < 0:
+            raise ValueError(f"--validation_split_documents must be >= 0, got {self.validation_split_documents}")
 
 
 @dataclass
@@ -179,6 +242,11 @@ class TrainingArguments(HubArguments):
     )
     checkpointing_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps; 0 never."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    save_on_each_node: bool = field(
+        default=False,
+        metadata={"help": "Several nodes without a shared filesystem (DDP): every node writes whole checkpoints "
+                          "into its own output_dir (as transformers' flag). Leave it off when output_dir is shared."},
+    )
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' or a checkpoint directory."}
     )
@@ -192,6 +260,10 @@ class TrainingArguments(HubArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_output_dir(self.output_dir)
+        # transformers' convention: -1 means "not set, count epochs"; 0 and other negatives are mistakes.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be a positive number of optimizer steps, got {self.max_steps}")
         if self.mixed_precision not in _MIXED_PRECISION:
             raise ValueError(f"--mixed_precision must be one of {', '.join(_MIXED_PRECISION)}")
         if self.report_to not in _REPORT_TO:

@@ -14,21 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForCausalLM
-
+# Only light modules before the arguments are parsed: --help and flag errors answer without loading torch.
 from hfssl.cli import main_entry, parse_args
-from hfssl.config import DataArguments, ModelArguments, TrainingArguments
-from hfssl.data.collate import collate_fixed
-from hfssl.data.packing import pack_clm
-from hfssl.objectives.clm import CausalLMObjective
-from hfssl.training import make_accelerator, train
-from hfssl.training.recipe_utils import (
-    build_loaders,
-    build_model,
-    generate_sample,
-    resolve_tokenizer,
-    with_defaults,
-)
+from hfssl.config import DataArguments, ModelArguments, TrainingArguments, require_max_steps, with_defaults
 
 # Defaults: a real (small) pretraining run on the built-in corpus in ~3 minutes on 2 CPU cores.
 # The vocabulary is padded to a multiple of 64 for training (GPT-2's 50257 -> 50304, as nanoGPT and
@@ -36,7 +24,8 @@ from hfssl.training.recipe_utils import (
 # GPT-2 124M (issue 4). A no-op when the size already divides (the default 2048), invisible in the export.
 GPTModelArguments = with_defaults(ModelArguments, model_type="gpt2", model_size="mini", vocab_size=2048,
                                   pad_vocab_size_to_multiple_of=64)
-GPTDataArguments = with_defaults(DataArguments, validation_split_documents=64, shuffle_buffer_size=256)
+# 5% of the text is held out for validation (as run_clm.py), in passages, so one book still trains.
+GPTDataArguments = with_defaults(DataArguments, validation_split_percentage=5, shuffle_buffer_size=256)
 GPTTrainingArguments = with_defaults(TrainingArguments, max_steps=300, learning_rate=1e-3, warmup_steps=30,
                                      logging_steps=10, eval_steps=150, checkpointing_steps=150,
                                      max_eval_batches=20, output_dir="out/gpt_clm")
@@ -60,16 +49,26 @@ class CLMArguments:
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args, clm_args = parse_args(
         [GPTModelArguments, GPTDataArguments, GPTTrainingArguments, CLMArguments], argv)
+    require_max_steps(args)
+    from transformers import AutoModelForCausalLM
+
+    from hfssl.data.collate import collate_fixed
+    from hfssl.data.packing import pack_clm
+    from hfssl.objectives.clm import CausalLMObjective
+    from hfssl.training import make_accelerator, train
+    from hfssl.training.recipe_utils import build_loaders, build_model, generate_sample, resolve_tokenizer
+
     accelerator = make_accelerator(args)
     tokenizer = resolve_tokenizer(model_args, data_args, args.output_dir, accelerator, tokenizer_type="bpe")
-    model = build_model(model_args, tokenizer, max_seq_length=data_args.max_seq_length, default_model_type="gpt2",
-                        auto_class=AutoModelForCausalLM)
 
     def blocks(docs):
         return pack_clm(docs, tokenizer, data_args.max_seq_length, document_boundaries=data_args.document_boundaries)
 
+    # The data first: a missing file is reported before the model is built.
     train_loader, eval_factory = build_loaders(data_args, args, blocks, collate_fn=collate_fixed,
                                                accelerator=accelerator, tokenizer=tokenizer)
+    model = build_model(model_args, tokenizer, max_seq_length=data_args.max_seq_length, default_model_type="gpt2",
+                        auto_class=AutoModelForCausalLM)
     result = train(objective=CausalLMObjective(loss_chunk_size=clm_args.loss_chunk_size), model=model, train_loader=train_loader, args=args,
                    eval_loader_factory=eval_factory, processing_class=tokenizer,
                    configs_to_record=(model_args, data_args, args, clm_args), accelerator=accelerator)

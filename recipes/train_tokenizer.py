@@ -9,18 +9,15 @@ The result loads with ``AutoTokenizer.from_pretrained(output_dir)``.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from tqdm.auto import tqdm
-
+# Only light modules before the arguments are parsed: --help and flag errors answer at once.
 from hfssl.cli import main_entry, parse_args
-from hfssl.data.corpus import builtin_corpus_files, load_documents
-from hfssl.data.tokenizer_training import TOKENIZER_TYPES, train_tokenizer
-from hfssl.logging import get_logger, setup_logging
-from hfssl.run_info import write_run_info
+from hfssl.config import check_output_dir
+from hfssl.data.tokenizer_training import TOKENIZER_TYPES
+from hfssl.logging import get_logger
 
 logger = get_logger("train_tokenizer")
 
@@ -51,12 +48,15 @@ class TokenizerTrainingArguments:
         default="strict", metadata={"help": "strict (fail on non-UTF-8) or replace."}
     )
     min_document_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this."})
-    strip_gutenberg: bool = field(default=True, metadata={"help": "Strip Project Gutenberg licence text."})
+    strip_gutenberg: bool = field(
+        default=True, metadata={"help": "Strip Project Gutenberg licence headers and footers."}
+    )
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Use at most this many documents."}
     )
 
     def __post_init__(self) -> None:
+        check_output_dir(self.output_dir)
         if self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"--tokenizer_type must be one of {', '.join(TOKENIZER_TYPES)}")
         if self.encoding_errors not in ("strict", "replace"):
@@ -70,6 +70,13 @@ class TokenizerTrainingArguments:
 @main_entry
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_args([TokenizerTrainingArguments], argv)
+    import os
+
+    from hfssl.data.corpus import builtin_corpus_files, load_documents
+    from hfssl.data.tokenizer_training import train_tokenizer
+    from hfssl.logging import progress_bar, setup_logging
+    from hfssl.run_info import write_run_info
+
     setup_logging()
     # No data arguments: the built-in corpus (stdlib docstrings), so the recipe always has something to run on.
     files = None if args.dataset_name else list(args.train_file or builtin_corpus_files())
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def texts():
         # The progress bar counts documents; the total is unknown for a stream.
-        for example in tqdm(documents, desc="training tokenizer", unit=" docs", mininterval=2.0):
+        for example in progress_bar(documents, desc="training tokenizer", unit=" docs", mininterval=2.0):
             stats["documents"] += 1
             stats["chars"] += len(example["text"])
             yield example["text"]
@@ -111,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     write_run_info(args.output_dir, args)
     sample = "The quick brown fox jumps over the lazy dog."
     logger.info(
-        "trained on %d documents (%.1f MB of text) in %.1f s: vocab %d, saved to %s",
+        "trained on %d document%s (%.1f MB of text) in %.1f s: vocab %d, saved to %s",
         stats["documents"],
+        "" if stats["documents"] == 1 else "s",
         stats["chars"] / 1e6,
         elapsed,
         len(tokenizer),

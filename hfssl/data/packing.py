@@ -90,6 +90,7 @@ def _clm_blocks(
     chunks = iter_indexed_token_chunks(
         _texts(documents), tokenizer, start_document=start_doc, start_piece=start_piece
     )
+    doc = -1
     # Documents arrive in pieces of bounded size, so a 100 MB book never sits in memory as one token list.
     for doc, piece, ids, ends_doc in chunks:
         buffered = len(buf)
@@ -120,8 +121,8 @@ def _clm_blocks(
     if not produced:
         # An empty stream would otherwise surface much later as "no batches", far from its cause.
         raise DataError(
-            f"the corpus has only {len(buf)} tokens, less than one block of --max_seq_length {L}: "
-            "give more text or a smaller --max_seq_length"
+            f"the text has only {len(buf)} tokens in {doc + 1} document(s), less than one block of "
+            f"--max_seq_length {L}: give more text or a smaller --max_seq_length"
         )
 
 

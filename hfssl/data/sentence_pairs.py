@@ -262,8 +262,10 @@ def _pairs(
     while pending:
         yield from with_cursors(*pending.popleft())
     if not produced:
+        # Any document of two tokens or more makes a pair (a one-sentence chunk is cut inside the sentence).
         raise DataError(
-            "the corpus yields no sentence pair: its documents are too short to split into two segments"
+            f"the text yields no sentence pair: its {seen} document(s) have fewer than 2 tokens each"
+            if seen else "the text stream has no documents"
         )
 
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 from hfssl.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerFast
 
 TOKENIZER_TYPES = ("bpe", "wordpiece", "unigram")
 _BYTE_ALPHABET = len(pre_tokenizers.ByteLevel.alphabet())  # 256
@@ -190,6 +193,8 @@ def train_tokenizer(
     input_names = ["input_ids", "token_type_ids", "attention_mask"]
     if tokenizer_type != "wordpiece":
         input_names = ["input_ids", "attention_mask"]  # GPT-2/Llama-style models take no token types
+    from transformers import PreTrainedTokenizerFast  # imported here: TOKENIZER_TYPES serves --help
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         model_max_length=model_max_length,

@@ -5,10 +5,8 @@ Each helper does one step of "config -> library calls" so that a recipe stays a 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,31 +15,16 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from hfssl.config import DataArguments, ModelArguments, TrainingArguments
-from hfssl.errors import ConfigError, HfsslError
+from hfssl.config import DataArguments, ModelArguments, TrainingArguments, with_defaults  # noqa: F401 (re-export)
+from hfssl.errors import ConfigError, DataError, HfsslError
 from hfssl.logging import get_logger
 from hfssl.models.export import pad_vocab
 from hfssl.models.presets import build_config
+from hfssl.pretrained import check_pretrained_source
 
 logger = get_logger(__name__)
 
 TOKENIZER_SUBDIR = "tokenizer"
-
-
-def with_defaults(cls: type, **defaults: Any) -> type:
-    """A subclass of dataclass ``cls`` with other default values (help texts kept).
-
-    Lets a recipe choose defaults suited to it (e.g. a short CPU run) without touching the shared
-    argument classes.
-    """
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(defaults) - set(known)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
-    fields = [(name, hints[name], dataclasses.field(default=value, metadata=known[name].metadata))
-              for name, value in defaults.items()]
-    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
 
 
 def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, output_dir: str,
@@ -54,6 +37,8 @@ def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, outp
     """
     source = model_args.tokenizer_name or model_args.model_name_or_path
     if source:
+        flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+        source = check_pretrained_source(source, flag)
         try:
             return AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as exc:
@@ -63,7 +48,7 @@ def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, outp
     recipe = {"tokenizer_type": tokenizer_type, "vocab_size": model_args.vocab_size, "max_documents": max_documents,
               "train_file": data_args.train_file, "dataset_name": data_args.dataset_name,
               "dataset_config_name": data_args.dataset_config_name, "text_column": data_args.text_column,
-              "validation_split_documents": data_args.validation_split_documents}
+              **holdout_fields(data_args)}
     recipe_file = os.path.join(saved, "hfssl_tokenizer_training.json")
     with accelerator.main_process_first():
         if accelerator.is_main_process and _read_json(recipe_file) != recipe:
@@ -101,7 +86,8 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
     """
     if model_args.model_name_or_path:
         try:
-            model = auto_class.from_pretrained(model_args.model_name_or_path)
+            model = auto_class.from_pretrained(check_pretrained_source(model_args.model_name_or_path,
+                                                                       "--model_name_or_path"))
         except (OSError, ValueError) as exc:
             raise HfsslError(f"cannot load --model_name_or_path {model_args.model_name_or_path!r}: "
                              f"{str(exc).splitlines()[0]}") from None
@@ -159,9 +145,11 @@ def data_fingerprint(data_args: Any, **extra: Any) -> dict[str, Any]:
     Training files as (path, size) once globs are expanded (an edited or swapped file changes it), the
     Hub dataset, the flags that cut or select the stream, and ``extra`` (tokenizer hash, lengths...).
     """
-    fields = ("dataset_name", "dataset_config_name", "text_column", "validation_split_documents",
-              "max_train_samples", "train_dir", "image_column_name", "validation_split_images")
+    fields = ("dataset_name", "dataset_config_name", "text_column", "max_train_samples", "train_dir",
+              "image_column_name", "validation_split_images")
     fingerprint: dict[str, Any] = {k: getattr(data_args, k) for k in fields if getattr(data_args, k, None) is not None}
+    if isinstance(data_args, DataArguments):
+        fingerprint.update(holdout_fields(data_args))
     if getattr(data_args, "train_file", None):
         from hfssl.data.corpus import expand_files
 
@@ -172,8 +160,22 @@ def data_fingerprint(data_args: Any, **extra: Any) -> dict[str, Any]:
     return fingerprint
 
 
+def holdout_fields(data_args: DataArguments) -> dict[str, int]:
+    """The hold-out flag that shapes the training stream (what a resume and a reused tokenizer must match)."""
+    from hfssl.data.corpus import validation_holdout
+
+    kind, amount = validation_holdout(data_args) or ("none", 0)
+    # Same keys as before the percentage existed, so checkpoints and tokenizers from then still match.
+    fields = {"validation_split_documents": amount if kind == "documents" else 0}
+    if kind == "percentage":
+        fields["validation_split_percentage"] = amount
+    return fields
+
+
 def has_validation(data_args: DataArguments) -> bool:
-    return bool(data_args.validation_file) or data_args.validation_split_documents > 0
+    from hfssl.data.corpus import validation_holdout
+
+    return validation_holdout(data_args) is not None
 
 
 def validation_loader_factory(data_args: DataArguments, to_examples: Callable[[datasets.IterableDataset], Any], *,
@@ -182,14 +184,33 @@ def validation_loader_factory(data_args: DataArguments, to_examples: Callable[[d
     """A factory of fresh validation loaders (same batches every call), or None without validation data."""
     if not has_validation(data_args):
         return None
-    from hfssl.data.corpus import load_documents_from_args
+    from hfssl.data.corpus import describe_holdout, load_documents_from_args, validation_holdout
+
+    source = describe_holdout(validation_holdout(data_args))
+    load_documents_from_args(data_args, "validation")  # a missing --validation_file fails now, not after training
 
     def factory() -> Iterable[dict]:
         examples = to_examples(load_documents_from_args(data_args, "validation"))
-        return make_loader(examples, batch_size=batch_size, collate_fn=collate_fn, accelerator=accelerator,
-                           seed=0, drop_last=False)
+        return _NamedErrors(make_loader(examples, batch_size=batch_size, collate_fn=collate_fn,
+                                        accelerator=accelerator, seed=0, drop_last=False),
+                            f"while reading the validation data ({source})")
 
     return factory
+
+
+class _NamedErrors:
+    """Iterates ``loader``, prefixing its data errors with what it is, since the packers and pair makers
+    that raise them cannot tell a training stream from a validation one."""
+
+    def __init__(self, loader: Any, name: str) -> None:
+        self.loader = loader
+        self.name = name
+
+    def __iter__(self) -> Any:
+        try:
+            yield from self.loader
+        except DataError as exc:
+            raise DataError(f"{self.name}: {exc}") from None
 
 
 def build_loaders(data_args: DataArguments, args: TrainingArguments,

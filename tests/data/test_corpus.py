@@ -46,6 +46,19 @@ def test_txt_is_one_document_and_gutenberg_is_stripped(tmp_path):
     assert clean_document("no markers here\r\n") == "no markers here"
 
 
+def test_gutenberg_credit_closing_line_and_pre_2000_small_print_are_stripped():
+    modern = ("The Project Gutenberg EBook of Pride and Prejudice\r\n*** START OF THIS PROJECT GUTENBERG EBOOK PRIDE "
+              "***\r\n\r\nProduced by Anonymous Volunteers\r\n\r\n\r\nPRIDE AND PREJUDICE\r\n\r\nChapter 1\r\n"
+              "It is a truth.\r\n\r\n\r\nEnd of the Project Gutenberg EBook of Pride and Prejudice, by Jane Austen"
+              "\r\n\r\n*** END OF THIS PROJECT GUTENBERG EBOOK PRIDE ***\r\nLicence.\r\n")
+    assert clean_document(modern) == "PRIDE AND PREJUDICE\n\nChapter 1\nIt is a truth."
+    old = ("The Project Gutenberg Etext of Heidi by Johanna Spyri\n\nCopyright laws are changing.\n"
+           "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***\nWhy is this small print?\n"
+           "*END THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.07.00*END*\n\n\nHEIDI\n\nUp the Mountain.\n"
+           "\n\nEnd of The Project Gutenberg Etext of Heidi\nby Johanna Spyri\n\n")
+    assert clean_document(old) == "HEIDI\n\nUp the Mountain."
+
+
 def test_wikiextractor_doc_blocks_and_min_chars(tmp_path):
     wiki = (
         '<doc id="1" url="?curid=1" title="Stub">\nStub\n\n</doc>\n'
@@ -93,7 +106,7 @@ def test_validation_split_holds_out_leading_documents(tmp_path):
     train = [ex["text"] for ex in load_documents_from_args(args)]
     assert val == ["document 0", "document 1", "document 2"]
     assert train == ["document 3", "document 4", "document 5", "document 6"]
-    with pytest.raises(DataError, match="--validation_file or --validation_split_documents"):
+    with pytest.raises(DataError, match="no validation data: pass --validation_file, --validation_split_percentage"):
         load_documents_from_args(DataArguments(train_file=[str(path)]), split="validation")
     # No data arguments at all: the built-in corpus.
     first = next(iter(load_documents_from_args(DataArguments())))["text"]
@@ -175,6 +188,26 @@ def test_real_shared_corpus_wikipedia_and_gutenberg(shared_data):
     if book.is_file():
         (doc,) = texts(train_file=[str(book)])
         # Header (title page metadata), markers and the licence after the END marker are gone; the book stays.
-        for boilerplate in ("Release Date:", "*** START", "*** END", "FULL LICENSE", "\r"):
+        for boilerplate in ("Release Date:", "*** START", "*** END", "FULL LICENSE", "\r", "End of the Project"):
             assert boilerplate not in doc
         assert len(doc) > 300_000 and "the Moon" in doc
+
+
+def test_archives_are_named_as_such(tmp_path):
+    import tarfile
+
+    (tmp_path / "a.txt").write_text("inside the archive")
+    with tarfile.open(tmp_path / "speeches.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "a.txt", arcname="a.txt")
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(DataError, match=r"speeches.tar.gz is an archive: extract it first"):
+        load_documents(train_file=[str(tmp_path / "speeches.tar.gz")])
+    with pytest.raises(DataError, match=r"matches no .* files \(it holds archives such as .*speeches.tar.gz"):
+        load_documents(train_file=[str(tmp_path)])
+
+
+def test_concatenated_gutenberg_books_all_stay_and_a_licence_only_file_is_kept(tmp_path):
+    two = GUTENBERG + GUTENBERG.replace("It was a dark night.", "It was a bright day.")
+    assert clean_document(two) == "CHAPTER I.\nIt was a dark night.\n\n\nCHAPTER I.\nIt was a bright day."
+    readme = "Selections\n\nNotes.\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\n"
+    assert clean_document(readme) == readme.strip()

@@ -84,6 +84,6 @@ def test_a_corpus_shorter_than_one_block_is_an_error_not_an_empty_stream(tmp_pat
     path = tmp_path / "tiny.txt"
     path.write_text("Just a few words.")
     with pytest.raises(
-        DataError, match=r"the corpus has only \d+ tokens, less than one block of --max_seq_length 512"
+        DataError, match=r"the text has only \d+ tokens in 1 document\(s\), less than one block of --max_seq_length 512"
     ):
         list(pack_clm(load_documents(train_file=[str(path)]), bpe_tokenizer, 512))

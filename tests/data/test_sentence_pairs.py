@@ -108,7 +108,7 @@ def test_no_pair_at_all_is_an_error(tmp_path, wordpiece_tokenizer):
 
     path = tmp_path / "one_word.jsonl"
     path.write_text('{"text": "the"}\n')  # one single-token document: nothing to pair
-    with pytest.raises(DataError, match="the corpus yields no sentence pair"):
+    with pytest.raises(DataError, match=r"the text yields no sentence pair: its 1 document\(s\) have fewer than 2 tokens each"):
         list(nsp_pairs(load_documents(train_file=[str(path)]), wordpiece_tokenizer, 64))
 
 

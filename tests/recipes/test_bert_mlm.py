@@ -171,14 +171,15 @@ def test_two_process_ddp_run_mlm_only(trained: Path, tmp_path: Path):
 
 
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(recipe, trained: Path, tmp_path: Path):
-    """Masks (device generator), sentence pairs (seeded stream position) and dropout all resume exactly."""
+    """Masks (device generator), sentence pairs (seeded stream position) and dropout all resume exactly, on the
+    training side of the default validation hold-out (5% of the passages)."""
     import shutil
 
     from safetensors.torch import load_file
 
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     common = [*TINY, "--tokenizer_name", str(trained / "tokenizer"), "--whole_word_masking", "--max_steps", "6",
-              "--logging_steps", "3", "--eval_steps", "0", "--validation_split_documents", "0"]
+              "--logging_steps", "3", "--eval_steps", "0"]
     recipe.main([*common, "--checkpointing_steps", "3", "--output_dir", str(full)])
     shutil.copytree(full / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
     messages: list[str] = []
@@ -197,3 +198,17 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(recipe, trained
         assert torch.equal(one[key], two[key]), key
     losses = [[r["loss"] for r in read_history(d) if "loss" in r] for d in (full, resumed)]
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_one_book_trains_and_evaluates_with_the_default_hold_out(recipe, trained: Path, tmp_path: Path):
+    """One .txt file is one document: holding out whole documents (the old default, 64) left nothing to train
+    on and the error blamed short documents. The default now holds out 5% of the text, in passages."""
+    from hfssl.data.corpus import builtin_corpus_files, load_documents
+
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(d["text"] for d in load_documents(train_file=builtin_corpus_files()).take(60)))
+    out = tmp_path / "out"
+    recipe.main([*TINY, "--tokenizer_name", str(trained / "tokenizer"), "--train_file", str(book), "--max_steps", "2",
+                 "--output_dir", str(out)])
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 2 and results["eval_loss/nsp"] > 0 and results["eval_loss/mlm"] > 0

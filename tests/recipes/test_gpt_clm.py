@@ -24,6 +24,13 @@ from transformers import (
 
 
 @pytest.fixture(scope="module")
+def corpus_texts() -> list[str]:
+    from hfssl.data.corpus import builtin_corpus_files, load_documents
+
+    return [d["text"] for d in load_documents(train_file=builtin_corpus_files()).take(300)]
+
+
+@pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     from hfssl.data.corpus import builtin_corpus_files, load_documents
     from hfssl.data.tokenizer_training import train_tokenizer
@@ -62,7 +69,8 @@ def one_line_exit(main, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def recipe(python_exe: str, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TQDM_DISABLE", None)
     return subprocess.run([python_exe, str(repo_root / "recipes" / "gpt_clm.py"), *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -72,6 +80,12 @@ def test_default_corpus_run_trains_a_tokenizer_lowers_the_loss_and_exports(pytho
     result = recipe(python_exe, repo_root, *QUICK, "--max_steps", "40", "--learning_rate", "3e-3",
                     "--eval_steps", "20", "--output_dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    # stderr is a pipe, not a terminal: progress comes as log lines at --logging_steps, not bar redraws.
+    assert "\r" not in result.stderr
+    progress = [line.split("hfssl.progress: ")[1] for line in result.stderr.splitlines() if "hfssl.progress" in line]
+    assert [line.split(",")[0] for line in progress] == ["train: 10/40 (25%)", "train: 20/40 (50%)",
+                                                          "train: 30/40 (75%)", "train: 40/40 (100%)"], progress
+    assert all(" | loss=" in line and "step/s" in line for line in progress)
     sample = next(line for line in result.stdout.splitlines() if line.startswith("sample: "))
     assert ast.literal_eval(sample[len("sample: "):]).startswith("The"), sample
     records = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
@@ -110,6 +124,43 @@ def test_rerun_into_a_dir_with_checkpoints_and_bad_flags_fail_in_one_line(gpt_ma
                           (["--tokenizer_name", str(tokenizer_dir), "--model_type", "t5"], 1)):
         code, err = one_line_exit(gpt_main, [*bad, "--output_dir", str(tmp_path / "bad")], capsys)
         assert code == expected, (bad, err)
+    # Mistakes a newcomer makes first, each answered with the actual cause.
+    (tmp_path / "file").write_text("x")
+    for bad, expected, message in (
+            (["--tokenizer_name", str(tmp_path / "missing")], 1, "missing: the local directory does not exist"),
+            (["--tokenizer_name", "some-dir-that-does-not-exist"], 1, "no such local directory, and "
+                                                                      "'some-dir-that-does-not-exist' is not in the"),
+            (["--model_name_or_path", "./no/such/model"], 1, "--model_name_or_path ./no/such/model: the local "
+                                                             "directory does not exist"),
+            (["--max_steps", "0"], 2, "--max_steps must be a positive number of optimizer steps, got 0"),
+            (["--max_steps", "-1"], 1, "--max_steps -1: give a positive number of optimizer steps (the training "
+                                       "data is streamed"),
+            (["--output_dir", str(tmp_path / "file")], 2, "file is a file, not a directory"),
+            (["--tokenizer_name", str(tokenizer_dir), "--validation_file", str(tmp_path / "val.txt")], 1,
+             "--validation_file " + str(tmp_path / "val.txt") + " does not exist")):
+        args = [*bad] if "--output_dir" in bad else [*bad, "--output_dir", str(tmp_path / "bad")]
+        code, err = one_line_exit(gpt_main, args, capsys)
+        assert (code, message in err) == (expected, True), (bad, err)
+
+
+def test_a_few_books_from_a_config_file_train_with_the_default_hold_out(gpt_main, tokenizer_dir, corpus_texts,
+                                                                         tmp_path):
+    """Each .txt file is one document: the default hold-out takes 5% of the text in passages, not whole files,
+    so three books (or one) still train and evaluate. The config gives ``train_file`` as a string glob and the
+    flag after it overrides its max_steps."""
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(3):
+        (books / f"book{i}.txt").write_text("\n\n".join(corpus_texts[i * 30 : (i + 1) * 30]), encoding="utf-8")
+    config = tmp_path / "gpt.yaml"
+    config.write_text(f"train_file: {books}/*.txt\ntokenizer_name: {tokenizer_dir}\nmodel_size: tiny\n"
+                      f"max_seq_length: 32\nper_device_train_batch_size: 4\nmax_eval_batches: 2\n"
+                      f"checkpointing_steps: 0\nmax_steps: 50\noutput_dir: {tmp_path / 'out'}\n")
+    gpt_main([str(config), "--max_steps", "2", "--eval_steps", "2"])
+    results = json.load(open(tmp_path / "out" / "all_results.json"))
+    assert results["global_step"] == 2 and results["eval_loss"] > 0
+    run_config = json.load(open(tmp_path / "out" / "run_config.json"))
+    assert "validation_split_percentage" in json.dumps(run_config)
 
 
 def test_resume_on_a_changed_corpus_is_a_one_line_error(gpt_main, tokenizer_dir, tmp_path, capsys):

@@ -132,3 +132,12 @@ def test_bad_input_in_a_subprocess_exits_1_without_traceback(python_exe, repo_ro
         == f"train_tokenizer.py: error: --train_file {tmp_path / 'nope.jsonl'} does not exist"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "tok").write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe_main()(["--output_dir", str(tmp_path / "tok")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--output_dir {tmp_path / 'tok'} is a file, not a directory" in err
