@@ -187,6 +187,23 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _report_to_launcher(line: str) -> None:
+    """Under torchrun (and ``accelerate launch`` with several processes) the launcher ends with a failure
+    summary whose "Root Cause" reads the worker's error file; without one it says only "To enable traceback
+    see ...". Writing the one-line error there makes the summary name the actual cause."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"message": line, "timestamp": int(time.time())}, fh)
+    except OSError:
+        pass
+
+
 def main_entry(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a recipe's ``main`` so user errors print one line and exit 1."""
 
@@ -196,7 +213,9 @@ def main_entry(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except HfsslError as exc:
             prog = os.path.basename(sys.argv[0]) or "hfssl"
-            sys.stderr.write(f"{prog}: error: {exc}\n")
+            line = f"{prog}: error: {exc}"
+            sys.stderr.write(line + "\n")
+            _report_to_launcher(line)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted: resume with --resume_from_checkpoint latest\n")

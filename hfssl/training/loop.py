@@ -14,7 +14,6 @@ reproduces the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -28,19 +27,19 @@ from typing import Any
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hfssl.config import TrainingArguments
 from hfssl.errors import ConfigError, DataError, HfsslError
-from hfssl.logging import get_logger, setup_logging
+from hfssl.logging import get_logger, progress_bar, setup_logging
 from hfssl.models.attention import is_generative, use_causal_sdpa_shortcut, use_stock_sdpa
 from hfssl.models.export import auto_classes_for, export_pretrained, verify_reload
 from hfssl.objectives.base import Objective, ObjectiveOutput
 from hfssl.run_info import config_dict, write_run_info
 from hfssl.training import checkpoint as ckpt
+from hfssl.training import engines, run_guard
 from hfssl.training.metrics import MetricsLog, flops_per_token, peak_flops
 from hfssl.training.optim import build_optimizer, build_scheduler
 
@@ -56,6 +55,9 @@ class TrainResult:
     global_step: int
     metrics: dict[str, float] = field(default_factory=dict)
     export_dir: str = ""
+    #: The trained backbone as an ordinary module with all its weights, on the main process (None on the
+    #: others): the model itself, or under FSDP/ZeRO-3 a copy of the gathered weights.
+    model: nn.Module | None = None
 
 
 # How a run's backbone is written to output_dir and proven to reload. The defaults serve every stock
@@ -89,8 +91,10 @@ class ObjectiveModule(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.objective = objective
-        # FSDP's transformer auto-wrap policy reads this from the module it wraps.
-        self._no_split_modules = getattr(backbone, "_no_split_modules", None)
+        # FSDP's transformer auto-wrap policy reads this from the module it wraps: the repeated blocks of the
+        # backbone and of any objective head or teacher, never an embedding module whose weights are tied to
+        # a head outside it (transformers lists BertEmbeddings; FSDP then refuses the tied decoder).
+        self._no_split_modules = engines.wrap_classes(self)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         return self.objective(self.backbone, batch)
@@ -99,19 +103,29 @@ class ObjectiveModule(nn.Module):
 def make_accelerator(args: TrainingArguments) -> Accelerator:
     """The Accelerator for ``args`` (call it first: it fixes rank/world size for the data loader).
 
-    Seeds every RNG with ``args.seed`` so model initialisation is identical on every rank, and
-    fails early when ``output_dir`` holds checkpoints the user did not say what to do with.
+    Seeds every RNG with ``args.seed`` so model initialisation is identical on every rank, fails early
+    when ``output_dir`` holds checkpoints the user did not say what to do with, refuses an engine or a
+    process count other than the launcher's config asks for (``engines.check_engine``), takes the
+    one-writer lock of ``output_dir`` and makes a launched process stop when its launcher dies
+    (``hfssl.training.run_guard``).
     """
-    ckpt.resolve_resume(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if os.path.isfile(args.output_dir):
+        raise ConfigError(f"--output_dir {args.output_dir} is a file; give a directory (it is created if needed)")
+    ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     set_tf32(args.tf32)
     log_with = None if args.report_to == "none" else args.report_to
+    # DeepSpeed steps its engine from inside backward: it must know the accumulation window to step once per
+    # window. Every other engine leaves accumulation to the loop (Accelerate would divide the loss again).
+    accumulation = args.gradient_accumulation_steps if engines.requested_engine() == "DeepSpeed" else 1
     try:
         accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=args.output_dir,
-                                                logging_dir=os.path.join(args.output_dir, "runs")),
+                                                logging_dir=os.path.join(args.output_dir, "runs"),
+                                                save_on_each_node=args.save_on_each_node),
             step_scheduler_with_optimizer=False,
+            gradient_accumulation_steps=accumulation,
             # Without a GPU, torchrun's WORLD_SIZE only becomes a gloo process group with cpu=True.
             cpu=not torch.cuda.is_available(),
         )
@@ -119,6 +133,10 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
         raise ConfigError(f"cannot set up Accelerate (--mixed_precision {args.mixed_precision}, --report_to "
                           f"{args.report_to}): {str(exc).splitlines()[0]}") from None
     setup_logging(accelerator.is_main_process)
+    engines.check_engine(accelerator, save_on_each_node=args.save_on_each_node)
+    run_guard.watch_launcher()
+    if accelerator.is_local_main_process if args.save_on_each_node else accelerator.is_main_process:
+        run_guard.acquire_output_dir(args.output_dir)
     # Accelerate warns on every checkpoint that GPT-2's tied lm_head is stored once (expected), and
     # transformers draws its own bars for each save/load; the loop's progress bar is enough.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
@@ -193,6 +211,12 @@ def compile_module(module: ObjectiveModule, args: TrainingArguments) -> str:
     use_causal_sdpa_shortcut(module.backbone)
     module.compile(**kwargs)  # in place: parameter names (and so checkpoints) are unchanged
     return "whole model"
+
+
+def _processes(accelerator: Accelerator) -> str:
+    n = accelerator.num_processes
+    engine = engines.engine_name(accelerator)
+    return f"{n} process{'' if n == 1 else 'es'}" + ("" if engine == "single process" else f", {engine}")
 
 
 def _env_flag(name: str) -> bool:
@@ -328,6 +352,30 @@ def _reduce_sums(accelerator: Accelerator, sums: dict[str, torch.Tensor], keys: 
     return dict(zip(keys, stacked.tolist()))
 
 
+def _merged_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One logging window holding the sums of several ranks' windows (a resume on fewer/more processes).
+
+    Loss, target and metric sums and input tokens add up; the gradient norm is the same global value on
+    every rank, so it is taken once."""
+    merged = {"loss": {}, "count": {}, "metric": {}, "grad_norm": windows[0]["grad_norm"],
+              "input_tokens": sum(w["input_tokens"] for w in windows), "steps": windows[0]["steps"]}
+    for window in windows:
+        for part in ("loss", "count", "metric"):
+            for key, value in window[part].items():
+                merged[part][key] = merged[part][key] + value if key in merged[part] else value.clone()
+    return merged
+
+
+def _empty_window(like: dict[str, Any]) -> dict[str, Any]:
+    """A window with the same keys and step count as ``like`` and zero sums (the other ranks after a merge)."""
+    def zeros(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: torch.zeros_like(v) for k, v in d.items()}
+
+    return {"loss": zeros(like["loss"]), "count": zeros(like["count"]), "metric": zeros(like["metric"]),
+            "grad_norm": like["grad_norm"].clone(), "input_tokens": torch.zeros_like(like["input_tokens"]),
+            "steps": like["steps"]}
+
+
 def _combine(loss: dict[str, float], count: dict[str, float], metric: dict[str, float], prefix: str = ""
              ) -> dict[str, float]:
     """Token-weighted means: total loss = sum of per-term means; metrics divided by their term's count."""
@@ -362,15 +410,16 @@ class TrainingRun:
         self.device = accelerator.device
         self.world = accelerator.num_processes
         self.total_steps = _total_steps(args, train_loader)
-        self.resume_dir = ckpt.resolve_resume(args.output_dir, args.resume_from_checkpoint,
-                                              args.overwrite_output_dir)
-        if args.overwrite_output_dir and not self.resume_dir and accelerator.is_main_process:
+        self.resume_dir = self._choose_checkpoint()
+        if args.overwrite_output_dir and not self.resume_dir and self._owns_output_dir():
             for _, path in ckpt.list_checkpoints(args.output_dir):
                 ckpt.remove_checkpoint(path)
         accelerator.wait_for_everyone()
 
         self.backbone = model
         module = ObjectiveModule(model, objective).to(self.device)
+        # Sharding engines change the modules in place: keep the backbone's structure to rebuild it whole later.
+        self._skeleton = engines.meta_skeleton(model) if engines.shards_parameters(accelerator) else None
         self._cudagraphs = False
         if args.torch_compile:
             how = compile_module(module, args)
@@ -378,8 +427,11 @@ class TrainingRun:
             logger.info("torch.compile (%s, mode %s, backend %s)", how, args.torch_compile_mode or "default",
                         args.torch_compile_backend or "inductor")
         optimizer = build_optimizer(module, args, self.device)
+        engines.configure_deepspeed(accelerator, micro_batch_size=args.per_device_train_batch_size,
+                                    max_grad_norm=args.max_grad_norm)
         self.scheduler = build_scheduler(optimizer, args, self.total_steps)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        self._backward_kwargs = engines.backward_kwargs(accelerator)
         self.stream = _BatchStream(train_loader, self.device)
         self.window = _Window(self.device)
         self.generator = torch.Generator(device=self.device)
@@ -391,25 +443,80 @@ class TrainingRun:
         self.last_eval_step = -1
         history: list[dict[str, Any]] = []
         if self.resume_dir:
-            state, rank_state = ckpt.load_checkpoint(accelerator, self.resume_dir, self.scheduler)
-            self.step = state["step"]
-            self.last_saved_step = self.step
-            history = state["history"]
-            self.last_eval = state.get("last_eval", {})
-            self.last_eval_step = state.get("last_eval_step", -1)
-            self.stream.load_state_dict(rank_state["stream"])
-            self.generator.set_state(rank_state["generator"])
-            self.window.load_state_dict(rank_state["window"])
-            logger.info("resumed from %s at step %d", self.resume_dir, self.step)
+            history = self._resume(self.resume_dir)
         self.metrics = MetricsLog(accelerator, args.output_dir, history)
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full size
         self._flops_per_token = None
         self._peak = peak_flops(self.device)
         self._n_params = n_params
         if args.report_to != "none":
             hparams = {k: v for k, v in config_dict(*self.configs_to_record).items()
                        if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers("hfssl", config=hparams)
+            # After a resume, TensorBoard hides the events a killed run logged past the checkpoint (they are
+            # logged again), as metrics.jsonl drops them; otherwise every such step would show twice.
+            init_kwargs = {"tensorboard": {"purge_step": self.step + 1}} if self.resume_dir else {}
+            accelerator.init_trackers("hfssl", config=hparams, init_kwargs=init_kwargs)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _owns_output_dir(self) -> bool:
+        """The process that creates, renames and removes checkpoint directories on its filesystem."""
+        acc = self.accelerator
+        return acc.is_local_main_process if self.args.save_on_each_node else acc.is_main_process
+
+    def _choose_checkpoint(self) -> str | None:
+        """The verified checkpoint to resume from, chosen by the main process and agreed by every rank."""
+        acc, args = self.accelerator, self.args
+        choice: list[Any] = [None]
+        if acc.is_main_process:
+            try:
+                choice = [ckpt.resolve_resume(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)]
+            except HfsslError as exc:
+                choice = [exc]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            choice = broadcast_object_list(choice)
+        if isinstance(choice[0], BaseException):
+            raise choice[0]
+        path = choice[0]
+        if path and not os.path.isdir(path):
+            raise ckpt.CheckpointError(f"checkpoint {path} is not visible from process {acc.process_index}: put "
+                                       "output_dir on a filesystem every node shares, or use --save_on_each_node")
+        return path
+
+    def _resume(self, path: str) -> list[dict[str, Any]]:
+        """Load checkpoint ``path`` into this run; returns the metrics history logged up to it.
+
+        On the world size it was saved with, everything continues bitwise. On another one the model,
+        optimizer and scheduler are restored (resharded under FSDP), the data stream continues at the same
+        example of the global stream (no example lost or seen twice in the epoch), the metric sums of the
+        unfinished logging window move to rank 0, and ranks that did not exist draw fresh random numbers.
+        """
+        acc, args = self.accelerator, self.args
+        state, rank_state, saved_ranks = ckpt.load_checkpoint(acc, path, self.scheduler)
+        self.step = state["step"]
+        self.last_saved_step = self.step
+        self.last_eval = state.get("last_eval", {})
+        self.last_eval_step = state.get("last_eval_step", -1)
+        saved_world = len(saved_ranks)
+        self.stream.load_state_dict(rank_state["stream"])
+        if saved_world == self.world:
+            self.generator.set_state(rank_state["generator"])
+            self.window.load_state_dict(rank_state["window"])
+        else:
+            logger.warning("resuming %s, saved by %d process%s, on %d: the data continues at the same example, but "
+                           "corruption draws and summation order differ from an uninterrupted run", path, saved_world,
+                           "" if saved_world == 1 else "es", self.world)
+            rank = acc.process_index
+            if rank < saved_world:
+                self.generator.set_state(saved_ranks[rank]["generator"])
+            else:
+                self.generator.manual_seed(args.seed + 7919 * rank + 104729 * self.step)
+                set_seed(args.seed + 7919 * rank + 104729 * self.step)
+            self.window.load_state_dict(_merged_windows([r["window"] for r in saved_ranks]) if rank == 0
+                                        else _empty_window(saved_ranks[0]["window"]))
+        logger.info("resumed from %s at step %d", path, self.step)
+        return state["history"]
 
     # -- one optimizer step ---------------------------------------------------------------
     def _train_step(self) -> None:
@@ -423,19 +530,18 @@ class TrainingRun:
         self.module.train()
         step_loss = torch.zeros((), dtype=torch.float32, device=self.device)
         for i, batch in enumerate(window):
-            sync = i == k - 1
-            with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module):
+            with engines.gradient_sync(self.accelerator, self.module, enabled=i == k - 1):
                 self._mark_cudagraph_step()
                 out = self.module(batch)
                 loss = sum(out.loss_sums[t] / denom[j] for j, t in enumerate(terms)) * self.world
-                self.accelerator.backward(loss)
+                self.accelerator.backward(loss, **self._backward_kwargs)
             step_loss += loss.detach() / self.world
             self.window.add(out, counts[i], self.objective.input_tokens(batch))
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
-        grad_norm = self.accelerator.clip_grad_norm_(self.module.parameters(), max_norm)
+        grad_norm = engines.local_norm(self.accelerator.clip_grad_norm_(self.module.parameters(), max_norm))
         bad = ~torch.isfinite(step_loss)
         if grad_norm is not None:
-            grad_norm = grad_norm.detach().to(self.device, torch.float64)
+            grad_norm = torch.as_tensor(grad_norm).detach().to(self.device, torch.float64)
             self.window.grad_norm += grad_norm
             # fp16's grad scaler produces inf norms on purpose and skips those steps.
             if self.args.mixed_precision != "fp16":
@@ -446,6 +552,7 @@ class TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         self.window.steps += 1
         self.step += 1
+        engines.check_optimizer_steps(self.accelerator, self.module, self.step)
         if self._flops_per_token is None and "input_ids" in window[0]:
             self._flops_per_token = flops_per_token(self.backbone.config, window[0]["input_ids"].shape[-1],
                                                     self._n_params)
@@ -496,7 +603,10 @@ class TrainingRun:
         """Exact token-weighted validation loss over at most ``--max_eval_batches`` batches per rank."""
         if self.eval_loader_factory is None:
             return {}
-        module = self.accelerator.unwrap_model(self.module)
+        # Sharded parameters exist whole only inside the wrapper's forward, which every rank runs in step
+        # (the validation loader gives each rank the same number of batches). Unsharded engines run the
+        # bare module: DDP's forward would broadcast buffers, a collective, on every batch.
+        module = self.module if engines.shards_parameters(self.accelerator) else self.accelerator.unwrap_model(self.module)
         module.eval()
         sums: dict[str, torch.Tensor] = {}
         # A fixed generator: every evaluation sees the same corruption; training RNG is untouched.
@@ -533,16 +643,20 @@ class TrainingRun:
         record["eval_tokens"] = count.get(primary, 0.0)
         if getattr(self.objective, "reports_perplexity", False):
             record["eval_perplexity"] = math.exp(min(record["eval_loss"], 700.0))
-        record.update(self._run_eval_callbacks(module.backbone))
+        record.update(self._run_eval_callbacks())
         self.metrics.log({"step": self.step, **record})
         self.last_eval = record
         self.last_eval_step = self.step
         return record
 
-    def _run_eval_callbacks(self, backbone: PreTrainedModel) -> dict[str, float]:
+    def _run_eval_callbacks(self) -> dict[str, float]:
         """Extra quality signals (e.g. a kNN monitor) computed by the main process on the bare backbone;
-        they involve no collective, so the other ranks simply go on to the next one."""
-        if not self.eval_callbacks or not self.accelerator.is_main_process:
+        they involve no collective, so the other ranks simply go on to the next one (under FSDP/ZeRO-3
+        every rank first takes part in gathering the weights for the main process's plain copy)."""
+        if not self.eval_callbacks:
+            return {}
+        backbone = self._plain_backbone()
+        if backbone is None:
             return {}
         extra: dict[str, float] = {}
         backbone.eval()
@@ -553,6 +667,21 @@ class TrainingRun:
         finally:
             backbone.train()
         return extra
+
+    def _plain_backbone(self, gathered: dict[str, torch.Tensor] | None = None, *, already_gathered: bool = False
+                        ) -> nn.Module | None:
+        """The backbone with all its weights, as an ordinary module, on the main process (None elsewhere).
+
+        Unsharded engines: the trained module itself. FSDP/ZeRO-3: a copy built from the full state dict,
+        gathered here (collectively: every rank calls this) unless ``already_gathered`` (then ``gathered``
+        is the main process's copy)."""
+        acc = self.accelerator
+        if not engines.shards_parameters(acc):
+            return acc.unwrap_model(self.module).backbone if acc.is_main_process else None
+        state_dict = gathered if already_gathered else engines.full_state_dict(acc, self.module)
+        if not acc.is_main_process:
+            return None
+        return engines.plain_replica(self._skeleton, state_dict, self.device)
 
     def _agreed_keys(self, keys: list[str]) -> list[str]:
         if self.world == 1:
@@ -570,7 +699,8 @@ class TrainingRun:
                       "window": self.window.state_dict()}
         path = ckpt.save_checkpoint(self.accelerator, self.args.output_dir, self.step, trainer_state=trainer_state,
                                     scheduler=self.scheduler, rank_state=rank_state,
-                                    save_total_limit=self.args.save_total_limit)
+                                    save_total_limit=self.args.save_total_limit,
+                                    save_on_each_node=self.args.save_on_each_node)
         self.last_saved_step = self.step
         logger.info("saved checkpoint %s", path)
         if self.args.push_to_hub and self.args.hub_strategy in ("every_save", "checkpoint"):
@@ -580,17 +710,19 @@ class TrainingRun:
         return path
 
     # -- end of training ------------------------------------------------------------------
-    def _export(self) -> None:
+    def _export(self) -> dict[str, torch.Tensor] | None:
+        """Write the export (collective under FSDP/DeepSpeed, which gather the full weights first); returns
+        the gathered state dict on the main process (None without sharding or on other ranks)."""
         acc = self.accelerator
-        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        state_dict = None
-        if sharded:  # gathering the full weights is collective
-            full = acc.get_state_dict(self.module)
-            state_dict = {k[len("backbone."):]: v for k, v in full.items() if k.startswith("backbone.")}
+        state_dict = engines.full_state_dict(acc, self.module)
         if acc.is_main_process:
             backbone = acc.unwrap_model(self.module).backbone
-            self.export_fn(backbone, self.args.output_dir, state_dict)
+            if state_dict is not None:
+                state_dict = engines.drop_tied_copies(state_dict, self._skeleton or backbone)
+            # save_pretrained empties the dict it is given as it writes; the reload check needs it afterwards.
+            self.export_fn(backbone, self.args.output_dir, dict(state_dict) if state_dict is not None else None)
         acc.wait_for_everyone()
+        return state_dict
 
     def _push(self, message: str) -> None:
         if not self.accelerator.is_main_process:
@@ -604,11 +736,12 @@ class TrainingRun:
 
     def run(self) -> TrainResult:
         args, acc = self.args, self.accelerator
-        logger.info("training %d steps (%d processes, %d micro-batches/step, %s precision) into %s",
-                    self.total_steps, self.world, args.gradient_accumulation_steps, args.mixed_precision,
-                    args.output_dir)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not acc.is_local_main_process or _env_flag("TQDM_DISABLE"),
-                   desc="train", dynamic_ncols=True)
+        logger.info("training %d steps (%s, %d micro-batch%s/step, %s precision) into %s",
+                    self.total_steps, _processes(acc), args.gradient_accumulation_steps,
+                    "" if args.gradient_accumulation_steps == 1 else "es", args.mixed_precision, args.output_dir)
+        # A bar on a terminal, log lines at --logging_steps when stderr is a file (hfssl.logging.progress_bar).
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                           disable=not acc.is_local_main_process or _env_flag("TQDM_DISABLE"), dynamic_ncols=True)
         started = time.perf_counter()
         start_step = self.step
         last_train: dict[str, Any] = next((r for r in reversed(self.metrics.history) if "loss" in r), {})
@@ -632,7 +765,8 @@ class TrainingRun:
             self.evaluate()
         if args.checkpointing_steps > 0 and self.last_saved_step != self.step:
             self.save()
-        self._export()
+        state_dict = self._export()
+        engines.end_partitioned_init()
         results: dict[str, float] = {"global_step": self.step, "train_runtime": runtime,
                                      "train_steps_per_second": (self.step - start_step) / max(runtime, 1e-9)}
         if last_train:
@@ -642,15 +776,20 @@ class TrainingRun:
             with open(os.path.join(args.output_dir, "all_results.json"), "w", encoding="utf-8") as fh:
                 json.dump(results, fh, indent=2)
             write_run_info(args.output_dir, *self.configs_to_record)
-            if acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-                backbone = acc.unwrap_model(self.module).backbone
-                for message in self.verify_fn(args.output_dir, backbone):
-                    logger.info("export in %s %s", args.output_dir, message)
+            # output_dir/README.md after every run, as transformers' Trainer (imported here: only needed here).
+            from hfssl.hub.card import write_run_card
+
+            write_run_card(args.output_dir, repo_id=args.hub_model_id, secrets=(args.hub_token,))
+        # The reload check runs under every engine: on FSDP/DeepSpeed against a plain copy of the gathered weights.
+        final_model = self._plain_backbone(state_dict, already_gathered=engines.gathers_state(acc))
+        if final_model is not None:
+            for message in self.verify_fn(args.output_dir, final_model):
+                logger.info("export in %s %s", args.output_dir, message)
         acc.wait_for_everyone()
         if args.push_to_hub:
             self._push("End of training")
         acc.end_training()
-        return TrainResult(global_step=self.step, metrics=results, export_dir=args.output_dir)
+        return TrainResult(global_step=self.step, metrics=results, export_dir=args.output_dir, model=final_model)
 
 
 def train(
@@ -677,5 +816,9 @@ def train(
     check, for a backbone that is not a transformers model (see ``ExportFn``/``VerifyFn``).
     """
     accelerator = accelerator or make_accelerator(args)
-    return TrainingRun(objective, model, train_loader, args, eval_loader_factory, processing_class,
-                       configs_to_record, accelerator, eval_callbacks, export_fn, verify_fn).run()
+    try:
+        return TrainingRun(objective, model, train_loader, args, eval_loader_factory, processing_class,
+                           configs_to_record, accelerator, eval_callbacks, export_fn, verify_fn).run()
+    finally:
+        # A process that trains again (a notebook, a test) or hands the directory to another program.
+        run_guard.release_output_dir(args.output_dir)

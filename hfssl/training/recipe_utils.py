@@ -50,14 +50,15 @@ def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, outp
               "dataset_config_name": data_args.dataset_config_name, "text_column": data_args.text_column,
               **holdout_fields(data_args)}
     recipe_file = os.path.join(saved, "hfssl_tokenizer_training.json")
-    with accelerator.main_process_first():
-        if accelerator.is_main_process and _read_json(recipe_file) != recipe:
+    files: dict[str, bytes] | None = None
+    if accelerator.is_main_process:
+        if _read_json(recipe_file) != recipe:
             from hfssl.data.corpus import load_documents_from_args
             from hfssl.data.tokenizer_training import train_tokenizer
 
+            docs = load_documents_from_args(data_args, "train")  # checks the files before saying anything
             logger.info("no --tokenizer_name: training a %s tokenizer (vocab %d) on the corpus",
                         tokenizer_type, model_args.vocab_size)
-            docs = load_documents_from_args(data_args, "train")
             if max_documents:
                 docs = docs.take(max_documents)
             tokenizer = train_tokenizer((d["text"] for d in docs), tokenizer_type=tokenizer_type,
@@ -65,8 +66,32 @@ def resolve_tokenizer(model_args: ModelArguments, data_args: DataArguments, outp
             tokenizer.save_pretrained(saved)
             with open(recipe_file, "w", encoding="utf-8") as fh:
                 json.dump(recipe, fh)
-        tokenizer = AutoTokenizer.from_pretrained(saved)
-    return tokenizer
+        files = {name: open(os.path.join(saved, name), "rb").read() for name in sorted(os.listdir(saved))
+                 if os.path.isfile(os.path.join(saved, name))}
+    if accelerator.num_processes > 1:
+        # The files themselves go to every rank: nodes without a shared filesystem get the same tokenizer
+        # (training one per node would not do: tokenizers orders tied merges differently in each process).
+        from accelerate.utils import broadcast_object_list
+
+        files = broadcast_object_list([files])[0]
+        if accelerator.is_local_main_process and not accelerator.is_main_process:
+            _write_if_changed(saved, files)
+        accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def _write_if_changed(folder: str, files: dict[str, bytes]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, content in files.items():
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as fh:
+                if fh.read() == content:
+                    continue
+        except OSError:
+            pass
+        with open(path, "wb") as fh:
+            fh.write(content)
 
 
 def _read_json(path: str) -> Any:
@@ -78,8 +103,12 @@ def _read_json(path: str) -> Any:
 
 
 def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, *, max_seq_length: int,
-                default_model_type: str, auto_class: Any = AutoModelForCausalLM) -> PreTrainedModel:
+                default_model_type: str, auto_class: Any = AutoModelForCausalLM,
+                config_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
     """A stock model: ``--model_name_or_path`` to continue pretraining, else a size preset from scratch.
+
+    ``config_kwargs`` are further config fields of a model built from scratch (e.g. an encoder-decoder's
+    ``decoder_start_token_id``, which the tokenizer decides).
 
     With ``--pad_vocab_size_to_multiple_of`` the embedding/LM head are padded for training
     (``hfssl.models.export.pad_vocab``); the export still has the true vocabulary.
@@ -96,7 +125,8 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
         config = build_config(model_args.model_type or default_model_type, model_args.model_size,
                               vocab_size=len(tokenizer), max_position_embeddings=max_seq_length,
                               config_overrides=model_args.config_overrides,
-                              **{f"{k}_id": v for k, v in special.items() if v is not None})
+                              **{f"{k}_id": v for k, v in special.items() if v is not None},
+                              **(config_kwargs or {}))
         model = auto_class.from_config(config)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "
@@ -114,7 +144,7 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
         if padded != vocab:
             logger.info("training with the vocabulary padded from %d to %d rows (the export keeps %d)",
                         vocab, padded, vocab)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full size
     logger.info("model %s: %.1fM parameters", type(model).__name__, n_params / 1e6)
     return model
 

@@ -137,6 +137,22 @@ def test_resume_with_a_different_world_size_still_sees_each_example_once():
     assert sorted(before + after) == list(range(96))
 
 
+def test_resume_on_fewer_processes_still_sees_each_example_once():
+    """2 -> 1: every rank saved the same global position; one process continues from it."""
+    ds = numbered(96)
+    before, states = [], []
+    for r in range(2):
+        loader = StatefulLoader(ds, batch_size=3, collate_fn=collate_fixed, rank=r, world_size=2,
+                                shuffle_buffer_size=12)
+        it = iter(loader)
+        before += ids_of([next(it) for _ in range(5)])
+        states.append(loader.state_dict())
+    assert states[0]["position"] == states[1]["position"] == 30
+    one = StatefulLoader(ds, batch_size=6, collate_fn=collate_fixed, shuffle_buffer_size=12)
+    one.load_state_dict(states[0])
+    assert sorted(before + ids_of(one)) == list(range(96))
+
+
 def test_state_mismatch_and_bad_arguments_fail_clearly():
     loader = StatefulLoader(numbered(8), batch_size=2, collate_fn=collate_fixed, shuffle_buffer_size=4)
     state = loader.state_dict()
