@@ -10,6 +10,7 @@
 #               bash benchmarks/gpu_suite.sh bert         # issue 5: BERT-base seq 128, every contender
 #               bash benchmarks/gpu_suite.sh bert512      # issue 5: BERT-base seq 512
 #               bash benchmarks/gpu_suite.sh vit          # ViT-B/16 224px SimMIM vs the run_mim.py Trainer path
+#               bash benchmarks/gpu_suite.sh fsdp         # issue 12: bf16 FSDP2 vs DDP on every GPU (memory, tokens/s)
 # Every stage writes its log and JSON lines under $OUT (or ./gpu_out without the device tool).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,13 @@ case "$stage" in
       --contenders hfssl_nsp_compile,hfssl_mlm_compile,hf_trainer_compile ;;
   vit)  # 8 decoding workers each side: at 224 px one process decodes only a few hundred images/s
     bench vit_base_224 --recipe vit --steps 20 --warmup_steps 5 --dataloader_num_workers 8 ;;
+  fsdp)  # every GPU of the machine: per-rank memory and throughput, then a real recipe run through fsdp2.yaml
+    ngpu=$(nvidia-smi -L | wc -l)
+    python3 benchmarks/scale_out.py --world_sizes "$ngpu" --steps 10 --batch_size 8 --mixed_precision bf16 2>&1 | tee "$out/scale_out.log" \
+      | tail -n 1 > "$out/scale_out.json"
+    python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml --num_processes "$ngpu" \
+      recipes/gpt_clm.py --model_size base --max_seq_length 1024 --per_device_train_batch_size 16 --max_steps 60 \
+      --logging_steps 10 --checkpointing_steps 30 --output_dir /tmp/fsdp_gpt 2>&1 | tee "$out/fsdp_gpt_recipe.log" ;;
   *)
-    echo "unknown stage $stage: tests, gpt, gpt_levers, bert, bert512 or vit" >&2; exit 2 ;;
+    echo "unknown stage $stage: tests, gpt, gpt_levers, bert, bert512, vit or fsdp" >&2; exit 2 ;;
 esac

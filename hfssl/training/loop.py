@@ -134,6 +134,7 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
                           f"{args.report_to}): {str(exc).splitlines()[0]}") from None
     setup_logging(accelerator.is_main_process)
     engines.check_engine(accelerator, save_on_each_node=args.save_on_each_node)
+    run_guard.check_output_dir_sharing(accelerator, args.output_dir, args.save_on_each_node)
     run_guard.watch_launcher()
     if accelerator.is_local_main_process if args.save_on_each_node else accelerator.is_main_process:
         run_guard.acquire_output_dir(args.output_dir)

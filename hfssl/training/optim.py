@@ -18,13 +18,15 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
     Decaying a norm's gain or a bias only pulls it towards zero without regularising anything,
     which is why GPT-2/BERT recipes exclude them. ``module.parameters()`` already de-duplicates
-    tied weights (GPT-2's wte / lm_head).
+    tied weights (GPT-2's wte / lm_head). DeepSpeed ZeRO-3 may build the model already partitioned, as
+    flat 1-D shards: the parameter's real shape is then ``ds_shape``.
     """
     decay, no_decay = [], []
     for param in module.parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (decay if ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

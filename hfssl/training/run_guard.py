@@ -80,6 +80,40 @@ def _describe_owner(content: str) -> str:
         return "its owner did not record itself"
 
 
+def check_output_dir_sharing(accelerator: Any, output_dir: str, save_on_each_node: bool) -> None:
+    """Several nodes: ``output_dir`` must be one shared folder, unless ``--save_on_each_node`` (then it must not be).
+
+    The main process leaves a marker file; every process says whether it sees it. Collective (every rank
+    calls it); a no-op for a single process.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    marker = [f".hfssl-shared-{uuid.uuid4().hex}" if accelerator.is_main_process else None]
+    marker = broadcast_object_list(marker)
+    path = os.path.join(output_dir, marker[0])
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        open(path, "w").close()
+    accelerator.wait_for_everyone()
+    seen = gather_object([(os.path.exists(path), socket.gethostname(), accelerator.process_index)])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.remove(path)
+    blind = [(host, rank) for visible, host, rank in seen if not visible]
+    if blind and not save_on_each_node:
+        host, rank = blind[0]
+        raise HfsslError(f"--output_dir {output_dir} is not shared: process {rank} on host {host} cannot see the main "
+                         "process's files there; put it on a filesystem every node mounts, or (DDP) pass "
+                         "--save_on_each_node to keep a whole copy on every node")
+    if save_on_each_node and not blind and len({host for _, host, _ in seen}) > 1:
+        raise HfsslError(f"--save_on_each_node: --output_dir {output_dir} is shared by every node, so each node's "
+                         "copy would overwrite the others; drop the flag")
+
+
 def launched_by_launcher() -> bool:
     """True when torchrun/torch elastic or ``accelerate launch`` started this process."""
     return bool(os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("ACCELERATE_MIXED_PRECISION")
@@ -115,5 +149,5 @@ def watch_launcher(poll_seconds: float = 1.0) -> bool:
     return True
 
 
-__all__ = ["LOCK_FILE", "OutputDirInUseError", "acquire_output_dir", "launched_by_launcher", "release_output_dir",
+__all__ = ["LOCK_FILE", "OutputDirInUseError", "acquire_output_dir", "check_output_dir_sharing", "launched_by_launcher", "release_output_dir",
            "watch_launcher"]
