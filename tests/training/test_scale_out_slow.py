@@ -160,3 +160,24 @@ def test_two_nodes_without_shared_storage(tokenizer_dir, tmp_path):
                             extra=["--save_on_each_node", "--resume_from_checkpoint", "latest"], port=29637)
     assert all(r.returncode == 0 for r in resumed), [r.stderr[-3000:] for r in resumed]
     assert "resumed from" in resumed[0].stderr
+
+
+def test_fsdp2_run_pushes_to_the_hub_and_the_push_reloads(tokenizer_dir, tmp_path):
+    """every_save under FSDP2: each push exports the gathered weights (a collective) and the main process uploads."""
+    from tests.hub.hub_helpers import ALICE_TOKEN, hub_env, hub_get, remote_files, start_fake_hub
+
+    hub = start_fake_hub(tmp_path / "hub")
+    try:
+        shim = {k: v for k, v in launch_env(fsdp_on_cpu=True).items()
+                if k in ("PYTHONPATH", "HFSSL_TEST_FSDP_ON_CPU", "OMP_NUM_THREADS", "TQDM_DISABLE")}
+        env = {**hub_env(hub.url, tmp_path / "home", token=ALICE_TOKEN), **shim}
+        command = accelerate_command("fsdp2", "gpt_clm.py", [*gpt_args(tokenizer_dir, tmp_path / "out", 2),
+                                                             "--push_to_hub", "--hub_model_id", "alice/gpt-fsdp",
+                                                             "--hub_strategy", "every_save"])
+        run(command, env=env)
+        status, commits = hub_get(hub, "/api/models/alice/gpt-fsdp/commits/main", ALICE_TOKEN)
+        assert status == 200 and [c["title"] for c in commits][0] == "End of training"
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= remote_files(hub, "alice/gpt-fsdp")
+    finally:
+        hub.process.terminate()
+        hub.process.wait(timeout=10)
