@@ -5,7 +5,9 @@
         [--license mit] [--language en,fr]
 
 Uploads the model (safetensors only), config, tokenizer or image processor, a regenerated model
-card with the loss plot and evaluation results, and the run's metrics. Optimizer states and
+card with the loss plot and evaluation results, and the run's metrics. Every training run already wrote
+``OUTPUT_DIR/README.md``; the push refreshes it (with the repo id in its snippet) unless it was written
+by hand (no hfssl marker line), and ``--card_only`` refreshes it without pushing. Optimizer states and
 ``checkpoints/`` stay local unless ``--include_checkpoints`` (or ``--hub_strategy checkpoint``,
 which uploads the newest one as ``last-checkpoint/``). The token defaults to ``HF_TOKEN`` or the
 saved login and is never printed or written anywhere.
@@ -32,14 +34,15 @@ class PushArguments:
         default=False, metadata={"help": "Also upload checkpoints/ (optimizer states included)."}
     )
     card_only: bool = field(
-        default=False, metadata={"help": "Only (re)write OUTPUT_DIR/README.md and the loss plot; push nothing."}
+        default=False, metadata={"help": "Only (re)write OUTPUT_DIR/README.md and the loss plot, offline; push "
+                                         "nothing. A hand-written README.md (no hfssl marker line) is never replaced."}
     )
     license: Optional[str] = field(
-        default=None, metadata={"help": "Licence id on the model card, e.g. mit or cc-by-4.0 (default: apache-2.0)."}
+        default=None, metadata={"help": "Licence id on the model card, e.g. mit or cc-by-4.0; unset: apache-2.0."}
     )
     language: Optional[str] = field(
-        default=None, metadata={"help": "Comma-separated ISO 639-1 codes on the card, e.g. en,fr (default: en for "
-                                        "text models, none for vision)."}
+        default=None, metadata={"help": "Comma-separated ISO 639-1 codes on the card, e.g. en,fr; unset: en for "
+                                        "text models, none for vision."}
     )
 
     def languages(self) -> list[str] | None:
@@ -77,4 +80,6 @@ def main(argv: Sequence[str] | None = None) -> str | None:
 
 
 if __name__ == "__main__":
+    # Usage and error lines name the command as it is typed, not "push.py".
+    sys.argv[0] = "python -m hfssl.push"
     main()

@@ -10,7 +10,13 @@ Writes ``output_dir/results.json`` (raw 0-1 metric values) and prints a BERT-pap
 from __future__ import annotations
 
 from hfssl.cli import main_entry, parse_args
-from hfssl.evaluation.args import FinetuneArguments, GlueDataArguments, check_model_path, check_task_selection
+from hfssl.evaluation.args import (
+    FinetuneArguments,
+    GlueDataArguments,
+    check_model_path,
+    check_task_selection,
+    check_tokenizer_path,
+)
 
 
 @main_entry
@@ -19,6 +25,7 @@ def main(args: list[str] | None = None) -> dict:
     # Cheap checks first: a typo should not wait for torch and datasets to import.
     check_task_selection(data_args)
     check_model_path(model_args.model_name_or_path)
+    check_tokenizer_path(model_args.tokenizer_name)
     from hfssl.evaluation.runner import run
 
     return run(model_args, data_args)

@@ -96,3 +96,22 @@ def test_card_only_writes_the_card_offline(minimal_run: Path, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     header = (minimal_run / "README.md").read_text().split("---\n")[1]
     assert "license: cc-by-4.0" in header and "- en\n- de" in header
+
+
+def test_card_only_refreshes_hfssl_cards_and_keeps_hand_written_ones(minimal_run: Path, capsys) -> None:
+    from hfssl.hub.card import CARD_MARKER
+    from hfssl.push import main
+
+    # A card from an older hfssl (its marker line read "regenerated on push") is still hfssl's to refresh.
+    (minimal_run / "README.md").write_text("# stale\n\n<!-- hfssl:model-card (regenerated on push; delete this "
+                                           "line to keep manual edits) -->\n")
+    assert main([str(minimal_run), "--card_only"]) == str(minimal_run / "README.md")
+    text = (minimal_run / "README.md").read_text()
+    assert "# stale" not in text and "# run" in text and CARD_MARKER in text
+    (minimal_run / "README.md").write_text("# My own card\n")
+    with pytest.raises(SystemExit) as exc:
+        main([str(minimal_run), "--card_only"])
+    assert exc.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "written by hand" in lines[0]
+    assert (minimal_run / "README.md").read_text() == "# My own card\n"

@@ -1,7 +1,7 @@
 """Flags of the GLUE fine-tuning recipe, named as in transformers' ``run_glue.py`` where they overlap.
 
-Fine-tuning a small labelled set wants different defaults from pretraining (a linear schedule,
-2e-5 peak LR, a few epochs), so these dataclasses stand apart from ``hfssl.config``.
+Fine-tuning a small labelled set wants different defaults from pretraining (a linear schedule, a few
+epochs, a peak LR that depends on the model's width), so these dataclasses stand apart from ``hfssl.config``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Optional
 from hfssl.errors import ConfigError
 
 MODES = ("finetune", "linear_probe", "lp_ft")
+HUB_GLUE = "nyu-mll/glue"  # where the tasks come from without --glue_dir
 INITS = ("pretrained", "random")
 
 
@@ -66,7 +67,12 @@ class FinetuneArguments:
     num_train_epochs: float = field(default=3.0, metadata={"help": "Fine-tuning epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak fine-tuning learning rate."})
+    learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Peak fine-tuning learning rate. Default: by the model's hidden size, 2e-5 from 768 "
+                          "(BERT-base, as run_glue.py), 5e-5 from 512, 1e-4 from 384, 3e-4 below; small models "
+                          "do not learn in a few hundred steps at 2e-5 (docs/glue_results.md)."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases/norms)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Linear warmup as a fraction of the steps."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Any transformers.get_scheduler name."})
@@ -92,6 +98,10 @@ class FinetuneArguments:
             raise ValueError("batch sizes must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("--warmup_ratio must be in [0, 1)")
+        for name in ("learning_rate", "ft_learning_rate", "lp_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be > 0, got {value}")
         self.seed_list()  # validate early
 
     def seed_list(self) -> list[int]:
@@ -109,7 +119,25 @@ class FinetuneArguments:
 
     @property
     def effective_ft_learning_rate(self) -> float:
-        return self.ft_learning_rate if self.ft_learning_rate is not None else self.learning_rate / 2
+        if self.ft_learning_rate is not None:
+            return self.ft_learning_rate
+        if self.learning_rate is None:
+            raise ValueError("resolve --learning_rate first (default_learning_rate)")
+        return self.learning_rate / 2
+
+
+# Fine-tuning peak LR by hidden size: (smallest width, LR), widest first. BERT-base's 2e-5 (the paper's and
+# run_glue.py's choice) is far too small for narrow models. SST-2, 2000 rows, 189 steps (docs/glue_results.md):
+# L2/H128 and L4/H256 stay at (or near) the majority class at 2e-5 and 1e-4 and learn at 3e-4; all-MiniLM-L6-v2
+# (H384) gets 78.4 at 2e-5 and 81.7 at 1e-4. The values are the BERT miniatures' grid (Turc et al. 2019).
+DEFAULT_LEARNING_RATES = ((768, 2e-5), (512, 5e-5), (384, 1e-4), (0, 3e-4))
+
+
+def default_learning_rate(hidden_size: int | None) -> float:
+    """The fine-tuning LR used when --learning_rate is not given (2e-5 when the width is unknown)."""
+    if not hidden_size:
+        return DEFAULT_LEARNING_RATES[0][1]
+    return next(lr for width, lr in DEFAULT_LEARNING_RATES if hidden_size >= width)
 
 
 # The checks below need no torch/datasets import, so the recipe runs them before loading the heavy
@@ -127,25 +155,52 @@ def check_task_selection(data_args: GlueDataArguments) -> str:
         raise ConfigError("a custom task needs --train_file, --validation_file and --text_columns")
     if data_args.glue_dir and not os.path.isdir(data_args.glue_dir):
         raise ConfigError(f"--glue_dir {data_args.glue_dir} is not a directory")
+    if not custom and not data_args.glue_dir:
+        _check_hub_glue(data_args.task_name)
     return "custom" if custom else "glue"
 
 
-def check_model_path(path: Optional[str]) -> str:
-    """A checkpoint directory with config.json, or a Hub id whose config can be fetched."""
+def _check_hub_glue(task_name: str) -> None:
+    """Without --glue_dir the tasks come from the Hub: say at once when it cannot be reached (``datasets``
+    would retry for ~25 s first). Offline mode passes: ``datasets`` then looks in its cache, and fails fast."""
+    from hfssl.pretrained import check_dataset_source
+
+    try:
+        check_dataset_source(HUB_GLUE, "--task_name")
+    except ConfigError:
+        raise ConfigError(f"--task_name {task_name} reads {HUB_GLUE} from the Hub, which cannot be reached (no "
+                          "network); pass --glue_dir DIR with the official GLUE TSVs, or set HF_DATASETS_OFFLINE=1 "
+                          "to use a copy in the datasets cache") from None
+
+
+def check_model_path(path: Optional[str], flag: str = "--model_name_or_path") -> str:
+    """A checkpoint directory with config.json, or a Hub id that is cached or reachable.
+
+    A missing directory, a Hub id while offline, or no network is one line at once (transformers itself
+    would retry the Hub for ~30-50 s and never say that the directory is missing).
+    """
+    from hfssl.pretrained import check_pretrained_source
+
     if not path:
-        raise ConfigError("--model_name_or_path is required (a checkpoint directory or Hub id)")
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"--model_name_or_path {path} has no config.json; is it a save_pretrained directory?")
-        return path
-    # Hub ids look like "name" or "org/name"; anything else is a local path that is not there.
-    if path.startswith((".", "/")) or path.count("/") > 1 or os.path.exists(path):
-        raise ConfigError(f"--model_name_or_path {path} is not a directory")
+        raise ConfigError(f"{flag} is required (a checkpoint directory or Hub id)")
+    resolved = check_pretrained_source(path, flag)
+    if os.path.isdir(resolved):
+        if not os.path.isfile(os.path.join(resolved, "config.json")):
+            raise ConfigError(f"{flag} {path} has no config.json; is it a save_pretrained directory?")
+        return resolved
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(path)
-    except (OSError, ValueError):
-        raise ConfigError(f"--model_name_or_path {path} is neither a local directory nor a reachable Hub model") from None
-    return path
+        AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"{flag} {path} is neither a local directory nor a loadable Hub model ({reason})") from None
+    return resolved
+
+
+def check_tokenizer_path(path: Optional[str]) -> None:
+    """``--tokenizer_name``, when given: a directory or a cached/reachable Hub id (one line otherwise)."""
+    if path:
+        from hfssl.pretrained import check_pretrained_source
+
+        check_pretrained_source(path, "--tokenizer_name")

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -27,10 +26,11 @@ from transformers import (
     PreTrainedTokenizerBase,
     get_scheduler,
 )
+from transformers.utils import logging as hf_logging
 
 from hfssl.errors import ConfigError
 from hfssl.evaluation.glue import GlueTask
-from hfssl.logging import get_logger
+from hfssl.logging import get_logger, progress_bar
 
 logger = get_logger(__name__)
 
@@ -39,19 +39,34 @@ HEAD_ATTRIBUTES = ("classifier", "score", "classification_head")
 
 
 def load_tokenizer(model_name_or_path: str, tokenizer_name: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a padding token: batches of different lengths are padded.
+
+    A GPT-2-style tokenizer without one pads with its end-of-text token, as transformers' examples do
+    (the classifier then reads the last token that is not padding).
+    """
     source = tokenizer_name or model_name_or_path
     try:
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load a tokenizer from {source!r} ({str(exc).splitlines()[0][:160]}); "
                           "pass --tokenizer_name") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"the tokenizer from {source!r} has neither a padding nor an end-of-text token to "
+                              "pad batches with; pass a --tokenizer_name that has one")
+        logger.info("the tokenizer has no padding token: padding with its end-of-text token %r", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
-def build_model(model_name_or_path: str, task: GlueTask, init: str = "pretrained") -> PreTrainedModel:
+def build_model(model_name_or_path: str, task: GlueTask, init: str = "pretrained",
+                pad_token_id: int | None = None) -> PreTrainedModel:
     """``AutoModelForSequenceClassification`` for ``task`` from a checkpoint, or randomly initialised.
 
     ``init="random"`` builds the same architecture from the checkpoint's config with fresh weights:
     the no-pretraining baseline. Call ``accelerate.utils.set_seed`` first for a reproducible head.
+    ``pad_token_id`` (the tokenizer's) fills a config without one: decoder classifiers (GPT-2) need it to
+    find each row's last real token in a padded batch.
     """
     labels = {}
     if task.label_names is not None:
@@ -64,11 +79,44 @@ def build_model(model_name_or_path: str, task: GlueTask, init: str = "pretrained
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--model_name_or_path {model_name_or_path!r} is not a model directory or a reachable "
                           f"Hub model ({str(exc).splitlines()[0][:160]})") from None
+    if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
+        config.pad_token_id = pad_token_id
     if init == "random":
         return AutoModelForSequenceClassification.from_config(config)
-    # ignore_mismatched_sizes: a checkpoint that is already a classifier with another label count.
-    return AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config,
-                                                              ignore_mismatched_sizes=True)
+    # transformers' load report (a table per seed and task) lists what is expected here: a new classifier,
+    # the pretraining heads left behind. It is summarised in one line; only surprises get a warning.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        # ignore_mismatched_sizes: a checkpoint that is already a classifier with another label count.
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_name_or_path, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _report_loading(model, info, model_name_or_path)
+    return model
+
+
+def _report_loading(model: PreTrainedModel, info: dict[str, Any], source: str) -> None:
+    """One line for what a classifier built from a pretraining checkpoint leaves out; a warning for weights
+    of the encoder itself that start random (a checkpoint of another architecture, or a broken one)."""
+    head_prefixes = tuple(f"{name}." for name in HEAD_ATTRIBUTES)
+    missing = sorted(info.get("missing_keys") or [])
+    # A masked-LM checkpoint has no pooler (BertForMaskedLM drops it): it starts random, as in run_glue.py.
+    new_pooler = [k for k in missing if ".pooler." in k]
+    new_encoder = [k for k in missing if not k.startswith(head_prefixes) and k not in new_pooler]
+    unused = sorted(info.get("unexpected_keys") or [])
+    resized = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+    groups = sorted({k.split(".")[0] for k in unused})
+    logger.info("%s from %s: new classification head%s%s%s", type(model).__name__, source,
+                " and pooler" if new_pooler else "",
+                f"; re-initialised for another label count: {', '.join(resized)}" if resized else "",
+                f"; unused checkpoint weights: {', '.join(g + '.*' for g in groups)} (pretraining heads)" if groups
+                else "")
+    if new_encoder:
+        shown = ", ".join(new_encoder[:3]) + (", ..." if len(new_encoder) > 3 else "")
+        logger.warning("%d weights of %s are not in %s and start random (%s)", len(new_encoder),
+                       type(model).__name__, source, shown)
 
 
 def find_head(model: PreTrainedModel) -> torch.nn.Module:
@@ -144,7 +192,7 @@ def train(model: PreTrainedModel, train_loader: DataLoader, accelerator: Acceler
     model.train()
     stats = TrainStats()
     running, count = 0.0, 0
-    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, leave=False)
+    bar = progress_bar(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, leave=False)
     while stats.steps < total_steps:
         for batch in train_loader:
             if prepare_batch is not None:

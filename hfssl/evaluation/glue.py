@@ -17,12 +17,13 @@ from typing import Any, Union
 import datasets
 
 from hfssl.errors import ConfigError, DataError
+from hfssl.evaluation.args import HUB_GLUE
 from hfssl.evaluation.scoring import METRIC_MODULES, REGRESSION_METRICS
 from hfssl.logging import get_logger
 
 logger = get_logger(__name__)
 
-HUB_DATASET = "nyu-mll/glue"
+HUB_DATASET = HUB_GLUE
 LAST = -1  # label column index meaning "the last column of the row" (STS-B, MNLI)
 ColumnRef = Union[str, int]
 
@@ -219,6 +220,18 @@ def _read_table(path: str) -> datasets.Dataset:
     return datasets.load_dataset(builder, data_files=path, split="train")
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # NaN: an empty CSV cell
+
+
+def _check_no_missing(values: Sequence[Any], column: str, split: str, path: str) -> None:
+    """A row without a label would silently become a class of its own (and one without text, an empty input)."""
+    missing = [i for i, v in enumerate(values, start=1) if _is_missing(v)]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of {len(values)} {split} rows have no value in column {column!r} "
+                        f"(first: data row {missing[0]}); fill them in or remove those rows")
+
+
 def load_custom_task(train_file: str, validation_file: str, text_columns: Sequence[str], label_column: str,
                      metric: str) -> tuple[GlueTask, TaskData]:
     """A task from local CSV/JSONL files: ``text_columns`` (one or two) and ``label_column``.
@@ -239,6 +252,8 @@ def load_custom_task(train_file: str, validation_file: str, text_columns: Sequen
                             f"its columns are {', '.join(ds.column_names)}")
         if len(ds) == 0:
             raise DataError(f"{split} file is empty")
+        for column in (label_column, *text_columns):
+            _check_no_missing(ds[column], column, split, train_file if split == "train" else validation_file)
     regression = metric in REGRESSION_METRICS
     label_names: tuple[str, ...] | None = None
     convert: Callable[[Any], Any]

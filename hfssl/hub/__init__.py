@@ -1,6 +1,10 @@
-"""Hub export: model cards (config, data, results, loss plot) and pushes of a run's output directory."""
+"""Hub export: model cards (config, data, results, loss plot) and pushes of a run's output directory.
 
-from hfssl.hub.card import build_model_card, write_model_card
+``write_run_card`` is what the training loop calls at the end of every run (output_dir/README.md);
+``write_model_card`` is the same without the never-fail wrapper (``python -m hfssl.push DIR --card_only``).
+"""
+
+from hfssl.hub.card import build_model_card, write_model_card, write_run_card
 from hfssl.hub.upload import HubError, latest_checkpoint, plan_upload, push_output_dir, validate_repo_id
 
 __all__ = [
@@ -11,4 +15,5 @@ __all__ = [
     "push_output_dir",
     "validate_repo_id",
     "write_model_card",
+    "write_run_card",
 ]

@@ -2,9 +2,14 @@
 
 Everything on the card is read back from what the run wrote (``config.json``, ``run_config.json``,
 ``metrics.jsonl``, ``all_results.json``, ``results.json``, tokenizer files), so a card can be
-regenerated for any finished run. Missing pieces shrink the card; they never fail it. The YAML
+regenerated for any finished run. Missing pieces shrink the card; they never fail it (an export that is
+not a transformers checkpoint, without ``config.json``, gets a card without the Auto-class snippet). The YAML
 header is built with ``huggingface_hub.ModelCardData`` (which validates the ``model-index``), so
 the Hub parses it the way it parses any transformers card.
+
+The training loop writes the card at the end of every run (``write_run_card``), as transformers' ``Trainer``
+does; ``python -m hfssl.push`` regenerates it with the Hub repo id. A README.md without hfssl's marker line
+was written by hand and is never overwritten.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,10 @@ from hfssl.run_info import SECRET_FIELDS, redact
 
 logger = get_logger(__name__)
 
-CARD_MARKER = "<!-- hfssl:model-card (regenerated on push; delete this line to keep manual edits) -->"
+# Cards carrying this marker are hfssl's to regenerate; without it a README.md is the user's.
+CARD_MARKER_PREFIX = "<!-- hfssl:model-card"
+CARD_MARKER = (f"{CARD_MARKER_PREFIX} (regenerated after training and on push; delete this line to keep manual "
+               "edits) -->")
 LOSS_PLOT = "loss_curve.png"
 DEFAULT_LICENSE = "apache-2.0"
 
@@ -94,7 +103,8 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _objective_tags(objective: Any, architectures: list[str]) -> list[str]:
+def _objective_tags(objective: Any, architectures: list[str], flags: dict | None = None) -> list[str]:
+    flags = flags or {}
     tags: list[str] = []
     if isinstance(objective, str) and objective:
         for part in re.split(r"[+,\s]|(?<=mlm)_(?=nsp|sop)", objective.lower()):
@@ -105,7 +115,12 @@ def _objective_tags(objective: Any, architectures: list[str]) -> list[str]:
         if "CausalLM" in arch or "LMHeadModel" in arch:
             tags.append("causal-lm")
         elif "ForPreTraining" in arch:
-            tags += ["masked-lm", "next-sentence-prediction"]
+            # bert_mlm.py records its objective as flags: --no_nsp (MLM only) or --sop instead of NSP.
+            tags.append("masked-lm")
+            if flags.get("sop"):
+                tags.append("sentence-order-prediction")
+            elif not flags.get("no_nsp"):
+                tags.append("next-sentence-prediction")
         elif "MaskedLM" in arch:
             tags.append("masked-lm")
     return tags
@@ -168,6 +183,18 @@ def _glue_table(results: dict) -> str:
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def _collapsed_notes(results: dict) -> list[str]:
+    """Tasks whose dev predictions collapsed to one class (results.json ``collapsed_seeds``): not results."""
+    notes = []
+    for task, info in sorted((results.get("tasks") or {}).items()):
+        seeds = info.get("collapsed_seeds") if isinstance(info, dict) else None
+        if seeds:
+            notes.append(f"- **{_GLUE_NAMES.get(task, task)}**: the dev predictions collapsed to a single class (or a "
+                         f"constant score) for seed(s) {', '.join(str(s) for s in seeds)}; that score is the "
+                         "majority-class baseline, not something the model learned.")
+    return notes
+
+
 def _tokenizer_section(output_dir: Path) -> str:
     tok = _read_json(output_dir / "tokenizer.json")
     tok_cfg = _read_json(output_dir / "tokenizer_config.json") or {}
@@ -191,6 +218,13 @@ def _tokenizer_section(output_dir: Path) -> str:
     if tok_cfg.get("tokenizer_class"):
         lines.append(f"- Class: `{tok_cfg['tokenizer_class']}`")
     return "\n".join(lines)
+
+
+def _export_files(out: Path) -> str:
+    """The top-level files of an export, for a card that cannot show an Auto-class snippet."""
+    skip = {"README.md", LOSS_PLOT, "run_config.json", "metrics.jsonl", "all_results.json", "results.json"}
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in skip)
+    return ", ".join(f"`{n}`" for n in names[:20]) + (", ..." if len(names) > 20 else "")
 
 
 def _config_table(flags: dict) -> str:
@@ -223,6 +257,8 @@ def _usage(repo: str, pipeline_tag: str, has_tokenizer: bool, is_vision: bool) -
     lines = [f"from transformers import AutoModel, AutoTokenizer{', ' + head if head else ''}", ""]
     if has_tokenizer:
         lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo}")')
+    if pipeline_tag == "fill-mask":
+        lines.append("# transformers lists the pretraining-head weights a class does not use as UNEXPECTED: expected")
     lines.append(f'backbone = AutoModel.from_pretrained("{repo}")  # encoder/decoder without the pretraining head')
     if head:
         lines.append(f'model = {head}.from_pretrained("{repo}")')
@@ -246,7 +282,15 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     When the run logged losses, the loss curve is rendered to ``plot_path`` (default
     ``output_dir/loss_curve.png``); the card links it as ``loss_curve.png`` beside the README.
     """
+    # word2vec exports (sentence-transformers model + word2vec files) have their own card (helper C, issue 14).
+    from hfssl.models.word2vec_card import build_word2vec_card, is_word2vec_export
+
+    if is_word2vec_export(output_dir):
+        return build_word2vec_card(output_dir, repo_id=repo_id, license=license, language=language, plot=plot,
+                                   plot_path=plot_path)
     out = Path(output_dir)
+    # No config.json: the export is not a transformers checkpoint (e.g. word2vec vectors); no Auto-class claims.
+    is_transformers = (out / "config.json").is_file()
     model_cfg = _read_json(out / "config.json") or {}
     run_info = _read_json(out / "run_config.json") or {}
     flags = redact(run_info.get("config") or {}) if isinstance(run_info, dict) else {}
@@ -255,7 +299,7 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     architectures = list(model_cfg.get("architectures") or [])
     is_vision = (out / "preprocessor_config.json").is_file() and not (out / "tokenizer_config.json").is_file()
     has_tokenizer = (out / "tokenizer_config.json").is_file() or (out / "tokenizer.json").is_file()
-    pipeline_tag = _pipeline_tag(architectures, is_vision)
+    pipeline_tag = _pipeline_tag(architectures, is_vision) if is_transformers else None
     model_type = model_cfg.get("model_type") or flags.get("model_type")
     name = (repo_id or out.resolve().name).split("/")[-1]
     repo = repo_id or f"path/to/{out.resolve().name}"
@@ -264,12 +308,15 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     base_model = base_model if _is_hub_id(base_model) and "/" in str(base_model) else None
 
     objective = flags.get("objective") or flags.get("pretext_task")
-    tags = ["hfssl", "self-supervised", *_objective_tags(objective, architectures)]
+    tags = ["hfssl", "self-supervised", *_objective_tags(objective, architectures, flags)]
+    if flags.get("whole_word_masking") and "whole-word-masking" not in tags:
+        tags.append("whole-word-masking")
     if model_type:
         tags.append(str(model_type))
-    eval_results = _glue_eval_results(glue) + _lm_eval_results(all_results, pipeline_tag, dataset, is_vision)
+    eval_results = _glue_eval_results(glue) + (
+        _lm_eval_results(all_results, pipeline_tag, dataset, is_vision) if pipeline_tag else [])
     data = ModelCardData(
-        library_name="transformers", license=license or flags.get("license") or DEFAULT_LICENSE,
+        library_name="transformers" if is_transformers else None, license=license or flags.get("license") or DEFAULT_LICENSE,
         language=language or flags.get("language") or (None if is_vision else "en"), tags=tags, datasets=[dataset] if dataset else None,
         pipeline_tag=pipeline_tag, base_model=base_model, model_name=name,
         eval_results=eval_results or None, metrics=sorted({r.metric_type for r in eval_results}) or None,
@@ -283,11 +330,15 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
               else "pretrained from scratch")
     objectives = [t for t in tags[2:] if t != model_type] or ["self-supervised"]
     noun = "objectives" if len(objectives) > 1 else "objective"
-    sections.append(f"This is {what}{size} {origin} with hfssl using the {' + '.join(objectives)} {noun}. "
-                    f"It is a stock `transformers` checkpoint "
-                    f"({', '.join(f'`{a}`' for a in architectures) or 'see config.json'}): no `trust_remote_code`.")
-
-    sections += ["", "## Usage", "", "```python", _usage(repo, pipeline_tag, has_tokenizer, is_vision), "```"]
+    intro = f"This is {what}{size} {origin} with hfssl using the {' + '.join(objectives)} {noun}."
+    if is_transformers:
+        sections.append(f"{intro} It is a stock `transformers` checkpoint "
+                        f"({', '.join(f'`{a}`' for a in architectures) or 'see config.json'}): no `trust_remote_code`.")
+        sections += ["", "## Usage", "", "```python", _usage(repo, pipeline_tag, has_tokenizer, is_vision), "```"]
+    else:
+        files = _export_files(out)
+        sections.append(f"{intro} It is not a `transformers` checkpoint (there is no `config.json`); "
+                        "load it with the code that wrote it." + (f" Files: {files}." if files else ""))
 
     data_lines = []
     if flags.get("dataset_name"):
@@ -318,8 +369,10 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
         results_lines.append(f"- Steps logged: {int(train[-1][0]):,}; final training loss {train[-1][1]:.4f}")
     if evals:
         best = min(evals, key=lambda p: p[1])
-        # A perplexity only means something for a loss over a vocabulary.
-        ppl = "" if is_vision else f" (perplexity {math.exp(min(best[1], 50)):.2f})"
+        # A perplexity only means something for a loss over a vocabulary alone (the run reports it then);
+        # not for images, MLM+NSP sums or word2vec's negative sampling.
+        reports_ppl = "eval_perplexity" in all_results
+        ppl = f" (perplexity {math.exp(min(best[1], 50)):.2f})" if reports_ppl else ""
         results_lines.append(f"- Best eval loss {best[1]:.4f}{ppl} at step {int(best[0]):,}")
     table = _results_table(all_results)
     if plot and (train or evals):
@@ -335,6 +388,9 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
         mode = f" ({glue['mode']})" if glue.get("mode") else ""
         sections += ["", f"## Evaluation: GLUE{mode}", "",
                      "Validation-set scores; mean ± std over fine-tuning seeds.", "", glue_table]
+        collapsed = _collapsed_notes(glue)
+        if collapsed:
+            sections += ["", *collapsed]
 
     versions = run_info.get("versions") if isinstance(run_info, dict) else None
     if isinstance(versions, dict) and versions:
@@ -347,23 +403,54 @@ def build_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))
 
 
+class ManualCardError(HfsslError):
+    """output_dir/README.md was written by hand (no hfssl marker line): hfssl does not overwrite it."""
+
+
 def write_model_card(output_dir: str, *, repo_id: str | None = None, license: str | None = None,
-                     language: str | list[str] | None = None) -> str:
-    """Write ``output_dir/README.md`` (and ``loss_curve.png``) for a run; returns the README path."""
+                     language: str | list[str] | None = None, secrets: Sequence[str | None] = ()) -> str:
+    """Write ``output_dir/README.md`` (and ``loss_curve.png``) for a run; returns the README path.
+
+    Raises ``ManualCardError`` when README.md exists without hfssl's marker (a hand-written card), and
+    ``HfsslError`` when the card would contain one of ``secrets`` (a token that slipped into a flag value).
+    """
     if not os.path.isdir(output_dir):
         raise HfsslError(f"output directory {output_dir} does not exist (pass the --output_dir of a finished run)")
-    card = build_model_card(output_dir, repo_id=repo_id, license=license, language=language)
     path = os.path.join(output_dir, "README.md")
-    tmp = path + ".tmp"
+    if os.path.exists(path) and not is_generated_card(path):
+        raise ManualCardError(f"{path} was written by hand (it has no hfssl marker line); hfssl keeps it. Move it "
+                              "away to get a generated card")
+    text = str(build_model_card(output_dir, repo_id=repo_id, license=license, language=language))
+    for secret in secrets:
+        if secret and len(secret) >= 8 and secret in text:
+            raise HfsslError(f"not writing {path}: the card would contain your Hub token (check the run's flags)")
+    tmp = os.path.join(output_dir, ".README.md.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(str(card))
+        fh.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_run_card(output_dir: str, *, repo_id: str | None = None, secrets: Sequence[str | None] = ()) -> str | None:
+    """The card at the end of a training run: ``write_model_card`` that never fails the finished run.
+
+    A hand-written README.md is kept (info line); any other problem is one warning line with the command that
+    writes the card later. The Hub token (``secrets``, plus ``HF_TOKEN``) never reaches the file.
+    """
+    try:
+        return write_model_card(output_dir, repo_id=repo_id, secrets=(*secrets, os.environ.get("HF_TOKEN")))
+    except ManualCardError as exc:
+        logger.info("%s", exc)
+    except Exception as exc:  # the model is exported already: a card problem must not fail the run
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        logger.warning("could not write the model card in %s (%s); write it later with "
+                       "`python -m hfssl.push %s --card_only`", output_dir, reason, output_dir)
+    return None
 
 
 def is_generated_card(path: str | os.PathLike) -> bool:
     """True when ``path`` is a card hfssl wrote (and may therefore regenerate)."""
     try:
-        return CARD_MARKER in Path(path).read_text(encoding="utf-8")
-    except OSError:
+        return CARD_MARKER_PREFIX in Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return False

@@ -37,6 +37,9 @@ _MODEL_FILES = frozenset({
     "README.md", LOSS_PLOT, "run_config.json", "metrics.jsonl", "all_results.json", "results.json",
     "eval_results.json", "train_results.json",
 })
+# A word2vec export (hfssl.models.word2vec, issue 14): the sentence-transformers files and the word2vec vectors;
+# word2vec.bin is word2vec's raw float32 format, not a pickle.
+_WORD2VEC_FILES = frozenset({"modules.json", "config_sentence_transformers.json", "word2vec.txt", "word2vec.bin"})
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # Pickles execute code when loaded: hfssl never publishes model weights in these formats.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -145,12 +148,12 @@ def plan_upload(output_dir: str, *, include_checkpoints: bool = False,
             logger.warning("not uploading %s: symlinked directories are not followed", name)
             plan.skipped.append(name)
             continue
-        if name.endswith(_PICKLE_SUFFIXES):
+        if name.endswith(_PICKLE_SUFFIXES) and name not in _WORD2VEC_FILES:
             logger.warning("not uploading %s: pickle files are never pushed with the model (weights go as "
                            "safetensors)", name)
             plan.skipped.append(name)
             continue
-        if name in _MODEL_FILES or _SHARD.fullmatch(name):
+        if name in _MODEL_FILES or name in _WORD2VEC_FILES or _SHARD.fullmatch(name):
             real = _safe_file(entry.path, root, plan, name)
             if real is not None:
                 plan.files.append((real, name))

@@ -107,6 +107,27 @@ def write_tiny_bert(path: Path, tokenizer_dir: str) -> Path:
     return path
 
 
+def write_tiny_gpt2(path: Path) -> Path:
+    """A random 2-layer GPT-2 checkpoint whose byte-level BPE tokenizer has NO padding token (like the stock
+    gpt2 tokenizer) and whose config has no pad_token_id: what sequence classification must cope with."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = POSITIVE_TRAIN + NEGATIVE_TRAIN + POSITIVE_DEV + NEGATIVE_DEV + _NOUNS + ["the", "was", "what", "a"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(words * 3, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=eos, eos_token_id=eos)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 POSITIVE_TRAIN = ["excellent", "wonderful", "great", "delightful", "brilliant", "lovely", "enjoyable", "amazing"]
 NEGATIVE_TRAIN = ["terrible", "awful", "horrible", "dreadful", "boring", "bad", "disappointing", "miserable"]
 # Dev words never appear in training: only a model that already knows English can map them.

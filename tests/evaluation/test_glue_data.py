@@ -140,3 +140,31 @@ def test_custom_tsv_keeps_quotes(tmp_path):
     task, data = load_custom_task(str(tmp_path / "train.tsv"), str(tmp_path / "train.tsv"), ["text"], "label",
                                   "accuracy")
     assert data.train["text_a"] == ['say "hi', "no"] and data.train["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_custom_rows_without_a_label_or_text_are_an_error_not_a_class(tmp_path, suffix):
+    """A JSONL row without "label" (or a CSV row with an empty label cell) would otherwise become a class of its own."""
+    import csv as csv_module
+
+    def write(name, rows):
+        path = tmp_path / f"{name}.{suffix}"
+        if suffix == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            with open(path, "w", newline="") as fh:
+                writer = csv_module.writer(fh)
+                writer.writerow(["sentence", "label"])
+                writer.writerows([[r.get("sentence", ""), r.get("label", "")] for r in rows])
+        return str(path)
+
+    good = [{"sentence": "fine", "label": 1}, {"sentence": "bad", "label": 0}]
+    no_label = write("train", [*good, {"sentence": "so so"}, *good])
+    dev = write("dev", good)
+    with pytest.raises(DataError, match=r"1 of 5 train rows have no value in column 'label' \(first: data row 3\)"):
+        load_custom_task(no_label, dev, ["sentence"], "label", "accuracy")
+    no_text = write("train2", [*good, {"label": 1}])
+    with pytest.raises(DataError, match="no value in column 'sentence'"):
+        load_custom_task(no_text, dev, ["sentence"], "label", "accuracy")
+    task, data = load_custom_task(write("train3", good * 2), dev, ["sentence"], "label", "accuracy")
+    assert task.label_names == ("0", "1") and data.train["label"] == [1, 0, 1, 0]

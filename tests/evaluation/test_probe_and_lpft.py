@@ -124,3 +124,96 @@ def test_first_token_heads_are_probed_on_the_first_token(tokenizer, accelerator)
         batch = next(iter(make_dataloader(ds, tokenizer, 2, shuffle=False)))
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         torch.testing.assert_close(model.classifier(feats.inputs.unsqueeze(1)), logits)
+
+
+def _offset_features(n: int = 64, dim: int = 32, seed: int = 0):
+    """Head inputs that share a large common vector and differ by a small class signal: what a random-init
+    pooler or a barely pretrained encoder gives (docs/glue_results.md: between-example spread 0.2%-5%)."""
+    from hfssl.evaluation.linear_probe import Features
+
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    inputs = 5.0 * torch.randn(dim, generator=generator) + 0.01 * torch.randn(n, dim, generator=generator)
+    inputs[:, 0] += 0.05 * (2 * labels - 1)
+    return Features(inputs, labels)
+
+
+def test_probe_standardises_the_features_and_folds_it_into_the_head(tiny_bert):
+    """A probe on the raw offset features stays at chance; on standardised features it separates them, and
+    after folding the model's own head does the same from raw features (what predict() and LP-FT use)."""
+    features = _offset_features()
+    accuracy = {}
+    for standardise in (False, True):
+        set_seed(0)
+        model = build_model(str(tiny_bert), SST2)
+        train_head(model, features, regression=False, epochs=100, learning_rate=5e-2, batch_size=64, seed=0,
+                   show_progress=False, standardise=standardise)
+        with torch.no_grad():
+            predictions = model.classifier(features.inputs).argmax(-1)
+        accuracy[standardise] = (predictions == features.labels).float().mean().item()
+    assert accuracy[True] >= 0.95 and accuracy[False] <= 0.7, accuracy
+
+
+def test_fold_standardisation_is_exact_and_finds_the_input_layer(tokenizer):
+    from hfssl.evaluation.linear_probe import feature_stats, fold_standardisation, input_layer
+
+    generator = torch.Generator().manual_seed(0)
+    x = 3.0 + 0.1 * torch.randn(50, 16, generator=generator)
+    mean, std = feature_stats(x)
+    layer = torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        expected = layer((x - mean) / std)
+    fold_standardisation(layer, mean, std)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                           num_labels=2)
+    head = RobertaForSequenceClassification(config).classifier
+    assert input_layer(head, x[:2].unsqueeze(1)) is head.dense  # RoBERTa's head reads the first token via dense
+    assert input_layer(torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.Linear(16, 2)), x[:2]) is None
+
+
+def test_gpt2_without_pad_token_pads_with_eos_and_probes_the_last_real_token(tmp_path, accelerator):
+    """A GPT-2 export (no padding token, like the stock gpt2 tokenizer): batches pad with <|endoftext|>, and the
+    probe caches the hidden state of each row's last real token, the one GPT2ForSequenceClassification scores."""
+    from hfssl.evaluation.finetune import load_tokenizer
+    from tests.evaluation.glue_fixtures import write_tiny_gpt2
+
+    path = write_tiny_gpt2(tmp_path / "gpt2")
+    tokenizer = load_tokenizer(str(path))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+    rows = {"text_a": ["a lovely film", "the concert was dreadful and boring", "what a trip"], "label": [1, 0, 1]}
+    ds = tokenize_dataset(datasets.Dataset.from_dict(rows), tokenizer, 16)
+    set_seed(0)
+    model = build_model(str(path), SST2, pad_token_id=tokenizer.pad_token_id)
+    assert model.config.pad_token_id == tokenizer.eos_token_id
+    feats = extract_features(model, make_dataloader(ds, tokenizer, 3, shuffle=False), accelerator)
+    assert not feats.first_token and feats.inputs.shape == (3, 32)
+    with torch.no_grad():
+        for i, text in enumerate(rows["text_a"]):
+            alone = model.transformer(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
+            torch.testing.assert_close(feats.inputs[i], alone, atol=1e-5, rtol=1e-4)
+    train_head(model, feats, regression=False, epochs=2, learning_rate=1e-2, batch_size=2, show_progress=False)
+    preds, labels = predict(model, make_dataloader(ds, tokenizer, 3, shuffle=False), accelerator, regression=False)
+    assert preds.shape == (3,) and labels.tolist() == [1, 0, 1]
+
+
+def test_classifier_from_a_pretraining_export_loads_without_the_report_table(tiny_bert, tmp_path, capfd, caplog):
+    """transformers prints a LOAD REPORT table per seed and task for the expected part (new classifier, unused
+    cls.* heads of a BertForPreTraining export); the runner says it in one line and warns only about surprises."""
+    from transformers import AutoConfig, BertForPreTraining, BertModel
+
+    config = AutoConfig.from_pretrained(tiny_bert)
+    BertForPreTraining(config).save_pretrained(tmp_path / "pretraining")
+    no_embeddings = BertModel(config)
+    state = {k: v for k, v in no_embeddings.state_dict().items() if not k.startswith("embeddings.word_")}
+    no_embeddings.save_pretrained(tmp_path / "broken", state_dict=state)
+    with caplog.at_level("INFO", logger="hfssl"):
+        build_model(str(tmp_path / "pretraining"), SST2)
+        build_model(str(tmp_path / "broken"), SST2)
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("hfssl")]
+    assert any(level == "INFO" and "unused checkpoint weights: cls.*" in m for level, m in records), records
+    warnings = [m for level, m in records if level == "WARNING"]
+    assert len(warnings) == 1 and "bert.embeddings.word_embeddings.weight" in warnings[0], records

@@ -103,6 +103,8 @@ def test_probe_modes_run_end_to_end(main, tiny_bert, tmp_path, mode):
           "--per_device_train_batch_size", "8", "--seeds", "3,4", "--output_dir", str(out)])
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == mode and results["average"] is None  # custom tasks are not GLUE-averaged
+    # No --learning_rate: the default for the model's width (hidden 32 -> 3e-4; a probe has none).
+    assert results["config"]["learning_rate"] == (3e-4 if mode == "lp_ft" else None)
     acc = results["tasks"]["custom"]["metrics"]["accuracy"]
     assert set(acc["per_seed"]) == {"3", "4"}
     assert acc["mean"] == pytest.approx(sum(acc["per_seed"].values()) / 2)
@@ -131,6 +133,12 @@ def test_user_errors_are_one_line(main, tiny_bert, tmp_path, capsys):
     assert "no column 'stars' (--label_column)" in line
     line = _error_line(main, [*model, "--task_name", "sst2", "--train_file", str(train_file)], capsys)
     assert "not both" in line
+    # A Hub id while offline (conftest sets HF_HUB_OFFLINE=1): one line at once, naming offline mode.
+    line = _error_line(main, ["--model_name_or_path", "some-org/not-cached-bert", "--task_name", "sst2",
+                              "--glue_dir", str(tmp_path / "glue"), "--output_dir", str(tmp_path / "o")], capsys)
+    assert "not in the Hugging Face cache" in line and "HF_HUB_OFFLINE" in line
+    line = _error_line(main, [*model, "--task_name", "sst2", "--tokenizer_name", str(tmp_path / "no_tok")], capsys)
+    assert "--tokenizer_name" in line and "does not exist" in line
 
 
 def test_missing_model_dir_is_one_line_from_a_real_process(python_exe, tmp_path):
@@ -140,7 +148,8 @@ def test_missing_model_dir_is_one_line_from_a_real_process(python_exe, tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == [f"glue_finetune.py: error: --model_name_or_path {tmp_path / 'no_model'} is not a directory"]
+    assert lines == [f"glue_finetune.py: error: --model_name_or_path {tmp_path / 'no_model'}: the local directory "
+                     f"does not exist ({tmp_path / 'no_model'})"]
 
 
 @pytest.mark.slow
@@ -184,3 +193,29 @@ def test_two_processes_gather_every_dev_example(python_exe, tiny_bert, tmp_path)
     log = [json.loads(line) for line in (tmp_path / "ddp_ft" / "custom" / "log.jsonl").read_text().splitlines()]
     # 40 examples / (2 processes x 4 per device) = 5 optimizer steps per epoch.
     assert max(r["step"] for r in log if r["event"] == "train") == 5
+
+
+def test_no_network_is_one_line_at_once(python_exe, tiny_bert, tmp_path):
+    """Not in offline mode and the Hub unreachable: a Hub model id, or GLUE from the Hub (no --glue_dir), is one
+    line within seconds instead of ~30 s of retries (the endpoint here is a closed local port)."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    cases = {"hub model": ["--model_name_or_path", "some-org/some-bert", "--task_name", "sst2", "--glue_dir",
+                           str(tmp_path)],
+             "hub glue": ["--model_name_or_path", str(tiny_bert), "--task_name", "sst2"]}
+    for name, args in cases.items():
+        started = time.monotonic()
+        proc = subprocess.run([python_exe, str(RECIPE), *args, "--output_dir", str(tmp_path / "o")], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (name, proc.stderr[-2000:])
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "cannot be reached" in lines[0], (name, lines)
+        assert time.monotonic() - started < 30, name
+    assert "--glue_dir" in lines[0]
