@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from hfssl.errors import ConfigError
 from hfssl.evaluation.glue import GlueTask
 from hfssl.logging import get_logger, progress_bar
+from hfssl.training import engines
 
 logger = get_logger(__name__)
 
@@ -179,6 +180,7 @@ def train(model: PreTrainedModel, train_loader: DataLoader, accelerator: Acceler
     ``prepare_batch`` transforms each batch once it is on the device (image fine-tuning: random crops/flips).
     """
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate)
+    engines.set_wrap_units(model)  # FSDP: wrap the layers, never the embeddings module on its own
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     # Steps come from the prepared (per-process) loader; a prepared scheduler steps once per process
     # on every optimizer step, so its horizon is scaled by the process count.

@@ -54,6 +54,7 @@ from hfssl.evaluation.report import (
 from hfssl.evaluation.scoring import compute_metrics
 from hfssl.logging import get_logger, setup_logging
 from hfssl.run_info import redact, write_json_atomic
+from hfssl.training import engines
 
 logger = get_logger(__name__)
 
@@ -244,6 +245,7 @@ def run(model_args: FinetuneArguments, data_args: GlueDataArguments) -> dict[str
     # (otherwise every process silently runs alone on the whole dataset).
     accelerator = Accelerator(mixed_precision=model_args.mixed_precision, cpu=not _has_accelerator())
     setup_logging(accelerator.is_main_process)
+    engines.check_engine(accelerator)  # an FSDP/DeepSpeed config never silently becomes DDP
     # A "Loading weights" bar per seed and task is noise here; the runner logs what it loads.
     transformers.utils.logging.disable_progress_bar()
     resolve_learning_rate(model_args)

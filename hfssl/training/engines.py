@@ -115,6 +115,13 @@ def wrap_classes(module: nn.Module) -> list[str]:
     return repeated_block_classes(module)
 
 
+def set_wrap_units(model: nn.Module) -> nn.Module:
+    """Make ``model`` (a stock transformers model prepared by Accelerate directly, as in fine-tuning) wrap like
+    the pretraining loop's modules: by its repeated blocks only (see ``wrap_classes``); returns ``model``."""
+    model._no_split_modules = wrap_classes(model)
+    return model
+
+
 def local_norm(value: torch.Tensor | float | None) -> torch.Tensor | float | None:
     """A gradient norm as a plain tensor (FSDP2 returns a replicated DTensor)."""
     full_tensor = getattr(value, "full_tensor", None)
@@ -272,5 +279,5 @@ def plain_replica(skeleton: nn.Module, state_dict: dict[str, torch.Tensor], devi
 
 
 __all__ = ["backward_kwargs", "check_engine", "check_optimizer_steps", "configure_deepspeed", "drop_tied_copies", "end_partitioned_init", "engine_name", "full_state_dict", "gathers_state", "gradient_sync",
-           "local_norm", "meta_skeleton", "plain_replica", "repeated_block_classes", "requested_engine", "shards_parameters",
+           "local_norm", "meta_skeleton", "plain_replica", "repeated_block_classes", "requested_engine", "set_wrap_units", "shards_parameters",
            "wrap_classes"]
