@@ -23,15 +23,15 @@ import random
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hfssl.errors import DataError
+from hfssl.data.image_args import ImageDataArguments
+from hfssl.errors import ConfigError, DataError
 
 _CURSOR_KIND = "images"
 
@@ -192,9 +192,11 @@ def _label(value: Any, index: int, column: str) -> int:
 
 
 class ImageExamples:
-    """Decoded examples ``{"pixel_values": uint8 (3, S, S), "labels": int}`` of an undecoded image stream.
+    """Decoded examples ``{"pixel_values": uint8 (3, S, S), "labels": int, "image_index": int}`` of an undecoded
+    image stream.
 
-    ``labels`` is there when the dataset has ``label_column_name``. ``iter_with_cursors(cursor)`` yields
+    ``labels`` is there when the dataset has ``label_column_name``; ``image_index`` is the row's position in
+    the stream (memory banks and clustering key their per-image state on it). ``iter_with_cursors(cursor)`` yields
     ``(example, cursor after it)``: the cursor is the number of rows consumed, and restarting from it skips
     those rows without opening them (rows carry paths or bytes only), which makes StatefulLoader's resume
     cost reading the stream, not decoding it.
@@ -267,8 +269,10 @@ class ImageExamples:
                 f"the image stream has no column {self.image_column_name!r} (columns: {', '.join(row)}); "
                 "pass --image_column_name"
             )
+        # image_index: the row's position in the stream, a stable id of the image for the whole run (the file
+        # order is fixed by the seed; the loader's shuffle comes after), for objectives with per-image state.
         example: dict[str, Any] = {
-            "pixel_values": decode_image(row[self.image_column_name], self.image_size, index)
+            "pixel_values": decode_image(row[self.image_column_name], self.image_size, index), "image_index": index
         }
         if self.label_column_name in row:
             example["labels"] = _label(row[self.label_column_name], index, self.label_column_name)
@@ -287,49 +291,15 @@ def _restore(cursor: dict | None) -> int:
 
 
 def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack examples into ``{"pixel_values": uint8 (B, 3, S, S), "labels": int64 (B,)}`` (labels if present)."""
+    """Stack examples into ``{"pixel_values": uint8 (B, 3, S, S), "labels": int64 (B,), "image_index": int64
+    (B,)}`` (labels and indices if present)."""
     if not examples:
         raise DataError("cannot collate an empty batch of images")
     batch = {"pixel_values": torch.stack([ex["pixel_values"] for ex in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([ex["labels"] for ex in examples], dtype=torch.int64)
+    for key in ("labels", "image_index"):
+        if key in examples[0]:
+            batch[key] = torch.tensor([ex[key] for ex in examples], dtype=torch.int64)
     return batch
-
-
-# --------------------------------------------------------------------------------------------- arguments
-@dataclass
-class ImageDataArguments:
-    """Image data flags, named as in transformers' ``run_mim.py`` / ``run_image_classification.py``."""
-
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config."})
-    train_dir: Optional[str] = field(
-        default=None, metadata={"help": "Folder of training images, one sub-folder per class (optional)."}
-    )
-    validation_dir: Optional[str] = field(default=None, metadata={"help": "Folder of validation images."})
-    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding class indices."})
-    validation_split_images: int = field(
-        default=0, metadata={"help": "Hold out this many leading images of the training stream for validation."}
-    )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training stream."})
-    shuffle_buffer_size: int = field(
-        default=0, metadata={"help": "Shuffle chunk (images); 0 keeps the stream order."}
-    )
-    preprocessing_num_workers: int = field(
-        default=0, metadata={"help": "Image decoding threads per process (ImageExamples num_workers); 0: inline."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.dataset_name and (self.train_dir or self.validation_dir):
-            raise ValueError("give either --dataset_name or --train_dir/--validation_dir, not both")
-        if self.validation_dir and self.validation_split_images > 0:
-            raise ValueError("give either --validation_dir or --validation_split_images, not both")
-        for name in ("validation_split_images", "shuffle_buffer_size", "preprocessing_num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}")
 
 
 def has_validation_images(data_args: ImageDataArguments) -> bool:
@@ -354,7 +324,8 @@ def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "tr
     ``file_order_seed`` shuffles the files of a local training folder (see :func:`load_image_dataset`); the
     held-out ``--validation_split_images`` are then a random sample, taken from the same shuffled order.
 
-    * No ``--train_dir``/``--dataset_name``: the built-in digits (:func:`builtin_image_dir`).
+    * No ``--train_dir``/``--dataset_name``: the built-in set ``--builtin_images`` (default: the digits), split
+      ``--builtin_split`` (:func:`builtin_image_dir`).
     * ``split="validation"``: ``--validation_dir`` if given; else the first ``--validation_split_images``
       images of the training stream (``split="train"`` then skips exactly those); else the built-in
       digits' or the Hub dataset's ``validation`` split. Otherwise a DataError says what to pass.
@@ -368,7 +339,7 @@ def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "tr
     if not train_dir and not data_args.dataset_name:
         from hfssl.data.builtin_images import builtin_image_dir
 
-        root = builtin_image_dir()
+        root = builtin_image_dir(name=data_args.builtin_images, split=data_args.builtin_split)
         train_dir = os.path.join(root, "train")
         if held_out == 0:
             validation_dir = validation_dir or os.path.join(root, "validation")
@@ -403,3 +374,26 @@ def load_image_dataset_from_args(data_args: ImageDataArguments, split: str = "tr
     if data_args.max_train_samples is not None:
         train = train.take(data_args.max_train_samples)
     return train
+
+
+def count_training_images(data_args: ImageDataArguments) -> int:
+    """How many images the training stream of ``data_args`` holds (after held-out images and
+    ``--max_train_samples``): what a per-image memory bank needs to know before training.
+
+    Local folders (and the built-in sets) are counted by listing their rows, never decoding them; a Hub
+    dataset by its published split size. ConfigError when that is unknown.
+    """
+    if data_args.dataset_name:
+        try:
+            builder = datasets.load_dataset_builder(data_args.dataset_name, data_args.dataset_config_name)
+            total = builder.info.splits["train"].num_examples
+        except Exception:
+            total = None
+        if not total:
+            if data_args.max_train_samples:
+                return data_args.max_train_samples
+            raise ConfigError(f"the size of {data_args.dataset_name!r} is not published; pass --max_train_samples "
+                              "so a memory bank can be sized")
+        total -= data_args.validation_split_images
+        return min(total, data_args.max_train_samples or total)
+    return sum(1 for _ in load_image_dataset_from_args(data_args, "train"))

@@ -105,6 +105,8 @@ def build_classifier(model_name_or_path: str, class_names: list[str], init: str 
     labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
               "label2id": {n: i for i, n in enumerate(class_names)}}
     config = AutoConfig.from_pretrained(model_name_or_path, **labels)
+    if config.model_type == "vit_mae":
+        return _mae_classifier(model_name_or_path, config, labels, init)
     try:
         if init == "random":
             return AutoModelForImageClassification.from_config(config)
@@ -122,6 +124,19 @@ def build_classifier(model_name_or_path: str, class_names: list[str], init: str 
     if encoder_missing:
         _logger().warning("%d encoder weights not in the checkpoint, left random (e.g. %s)",
                           len(encoder_missing), encoder_missing[0])
+    return model
+
+
+def _mae_classifier(model_name_or_path: str, config: Any, labels: dict[str, Any], init: str) -> PreTrainedModel:
+    """An MAE export has no classification class in transformers: a ``ViTForImageClassification`` with the
+    MAE encoder's weights (same names and shapes; the fixed sin-cos positions become its starting point)."""
+    from transformers import ViTForImageClassification
+
+    from hfssl.models.vision import load_vit_encoder, vit_config_from_mae
+
+    model = ViTForImageClassification(vit_config_from_mae(config, **labels))
+    if init != "random":
+        model.vit.load_state_dict(load_vit_encoder(model_name_or_path).state_dict(), strict=True)
     return model
 
 
@@ -288,8 +303,8 @@ def run_finetune(args: ImageProbeArguments, ft: ImageFinetuneArguments,
     from hfssl.logging import setup_logging
     from hfssl.run_info import redact, write_json_atomic
 
-    if args.mode == "probe":
-        raise ConfigError("run_finetune runs --mode finetune or lp_ft; --mode probe is image_probe.run")
+    if args.mode == "linear_probe":
+        raise ConfigError("run_finetune runs --mode finetune or lp_ft; --mode linear_probe is image_probe.run")
     model_path = check_model_path(args.model_name_or_path)
     args.model_name_or_path = model_path
     check_data_selection(args)

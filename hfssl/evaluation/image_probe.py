@@ -9,8 +9,13 @@ per image (``cls`` token or ``mean`` of the patch tokens) with the encoder froze
 * kNN: cosine similarity to every training feature, the ``k`` nearest vote with weight ``exp(sim / T)``
   (the weighted kNN of DINO's evaluation).
 
-``--init random`` runs the same architecture with random weights: the baseline every SSL paper reports.
+Every table carries the two baselines every SSL paper reports, computed in the same run with the same probe
+and kNN: the raw pixels (the processor's normalised pixel values, flattened) and the same architecture with
+random weights (``--seeds 1,2,3``: one random init per seed, mean ± std). ``--baselines none`` skips them;
+``--init random`` makes the random init the evaluated model. An MAE checkpoint is evaluated through its
+encoder on whole images (``hfssl.models.vision.load_vit_encoder``), not the randomly masking ``ViTMAEModel``.
 ``--mode finetune`` / ``--mode lp_ft`` train the whole encoder instead (hfssl/evaluation/image_finetune.py).
+The mode names are the GLUE recipe's (``linear_probe``, ``finetune``, ``lp_ft``); ``probe`` still works.
 
 Only the dataclass and the cheap checks live at module level; torch, datasets and transformers are
 imported inside the functions that need them, so a wrong flag is reported before they load.
@@ -33,8 +38,12 @@ if TYPE_CHECKING:
 
 FEATURES = ("cls", "mean")
 INITS = ("pretrained", "random")
-MODES = ("probe", "finetune", "lp_ft")
-# Extensions the datasets "imagefolder" builder decodes with PIL (the common ones; matched lower-case).
+MODES = ("linear_probe", "finetune", "lp_ft")
+#: Older names that still work (``recipes/glue_finetune.py`` and this recipe share one vocabulary).
+MODE_ALIASES = {"probe": "linear_probe"}
+BASELINES = ("pixels", "random")
+
+
 @dataclass
 class ImageProbeArguments:
     """Flags of ``recipes/image_probe.py``; data flags are named as in transformers' ``run_image_classification.py``."""
@@ -71,25 +80,36 @@ class ImageProbeArguments:
         default="pretrained", metadata={"help": "pretrained, or random: same architecture, random weights."}
     )
     mode: str = field(
-        default="probe", metadata={"help": "probe (frozen features: linear probe + kNN), finetune (train the whole "
-                                           "encoder with a new head) or lp_ft (probe, then fine-tune from it)."}
+        default="linear_probe", metadata={
+            "help": "linear_probe (frozen features: linear probe + kNN; 'probe' is an alias), finetune (train the "
+                    "whole encoder with a new head) or lp_ft (linear probe, then fine-tune from it)."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of the random init and of --max_train_samples."})
     seeds: Optional[str] = field(
-        default=None, metadata={"help": "--mode finetune/lp_ft: repeat with these seeds, e.g. '1,2,3' (mean ± std)."}
+        default=None, metadata={"help": "Repeat with these seeds, e.g. '1,2,3' (mean ± std): fine-tuning runs in "
+                                        "finetune/lp_ft; the random inits in linear_probe."}
     )
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Use a random subset of N training images (seeded)."}
     )
+    baselines: str = field(
+        default="pixels,random", metadata={"help": "linear_probe: baselines computed beside the model, comma-separated: "
+                                                   "pixels (raw pixels), random (random init); 'none' for neither."}
+    )
+    builtin_images: Optional[str] = field(default=None, metadata={
+        "help": "Without data flags: the built-in set, digits (default) or cluttered_digits (see recipes/vit_pretext.py)."})
+    builtin_split: Optional[str] = field(default=None, metadata={
+        "help": "Split of the built-in set: first_1500, random or writers (whole collection forms held out)."})
 
     def __post_init__(self) -> None:
+        self.mode = MODE_ALIASES.get(self.mode, self.mode)
         if self.feature not in FEATURES:
             raise ValueError(f"--feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
         if self.init not in INITS:
             raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode != "probe" and self.feature != "cls":
+        if self.mode != "linear_probe" and self.feature != "cls":
             # ViTForImageClassification's head reads the CLS token; a mean-pooled head is another model.
             raise ValueError(f"--mode {self.mode} trains the checkpoint's own classification head, which reads "
                              "the CLS token: use --feature cls")
@@ -107,9 +127,20 @@ class ImageProbeArguments:
             raise ValueError(f"--probe_weight_decay must be >= 0, got {self.probe_weight_decay}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError("--max_train_samples must be >= 1")
-        if self.seeds and self.mode == "probe":
-            raise ValueError("--seeds repeats training: use it with --mode finetune or lp_ft (the probe uses --seed)")
         self.seed_list()  # validate early
+        self.baseline_list()
+        if (self.builtin_images or self.builtin_split) and (self.train_dir or self.validation_dir or self.dataset_name):
+            raise ValueError("--builtin_images/--builtin_split choose the built-in data: drop them with --train_dir "
+                             "or --dataset_name")
+
+    def baseline_list(self) -> list[str]:
+        if self.baselines.strip().lower() in ("", "none"):
+            return []
+        names = [b.strip() for b in self.baselines.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"--baselines takes {', '.join(BASELINES)} or none, got {', '.join(unknown)}")
+        return names
 
     # The GLUE runner's parsing of --seed/--seeds (duplicates, non-integers), shared rather than copied.
     seed_list = FinetuneArguments.seed_list
@@ -196,7 +227,8 @@ def _load_folders(args: ImageProbeArguments) -> ImageSplits:
     # Left to infer, it silently drops the labels when the two folders sit at different depths.
     files = {"train": [f for fs in train.values() for f in fs],
              "validation": [f for fs in validation.values() for f in fs]}
-    dsd = datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
+    with quiet_datasets():  # local files: no "Downloading data" / "Generating split" bars
+        dsd = datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
     names = dsd["train"].features["label"].names
     return ImageSplits(dsd["train"], dsd["validation"], list(names), "image", "label")
 
@@ -273,18 +305,19 @@ def load_image_processor(model_name_or_path: str) -> Any:
 
 
 def load_backbone(model_name_or_path: str, init: str = "pretrained", seed: int = 42) -> tuple[PreTrainedModel, Any]:
-    """The encoder ``AutoModel`` gives for the checkpoint (random weights for ``init="random"``) and its processor."""
-    from transformers import AutoConfig, AutoModel, set_seed
+    """The checkpoint's encoder (random weights for ``init="random"``) and its processor.
+
+    The encoder is what ``AutoModel`` gives (no pooler for a ViT: the probe never reads it), except for an MAE
+    export, whose encoder comes as a ``ViTModel`` that sees every patch (see ``load_vit_encoder``).
+    """
+    from transformers import set_seed
+
+    from hfssl.models.vision import load_vit_encoder
 
     processor = load_image_processor(model_name_or_path)
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    # ViTModel's pooler is not part of a ViTForMaskedImageModeling checkpoint and the probe never reads it.
-    kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
     if init == "random":
         set_seed(seed)
-        model = AutoModel.from_config(config, **kwargs)
-    else:
-        model = AutoModel.from_pretrained(model_name_or_path, **kwargs)
+    model = load_vit_encoder(model_name_or_path, init)
     model.eval()
     return model, processor
 
@@ -310,13 +343,17 @@ class _Preprocess:
                               return_tensors="pt")["pixel_values"]
 
 
-def extract_image_features(model: PreTrainedModel, processor: Any, dataset: datasets.Dataset, image_column: str,
-                           feature: str = "cls", batch_size: int = 64, device: torch.device | str = "cpu",
-                           num_workers: int = 0, desc: str = "features") -> torch.Tensor:
-    """One float32 vector per image of ``dataset`` (in order), from the frozen encoder; returned on the CPU."""
+def extract_image_features(model: Optional[PreTrainedModel], processor: Any, dataset: datasets.Dataset,
+                           image_column: str, feature: str = "cls", batch_size: int = 64,
+                           device: torch.device | str = "cpu", num_workers: int = 0,
+                           desc: str = "features") -> torch.Tensor:
+    """One float32 vector per image of ``dataset`` (in order), from the frozen encoder; returned on the CPU.
+
+    ``model=None``: the processor's pixel values themselves, flattened (the raw-pixels baseline)."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from hfssl.logging import progress_bar
 
     if image_column not in dataset.column_names:
         raise DataError(f"no image column {image_column!r} (columns: {', '.join(dataset.column_names)}); "
@@ -326,11 +363,15 @@ def extract_image_features(model: PreTrainedModel, processor: Any, dataset: data
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_Preprocess(processor, image_column),
                         pin_memory=torch.device(device).type == "cuda")
-    prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
-    model.to(device)
+    prefix = 1 + int(getattr(getattr(model, "config", None), "num_register_tokens", 0) or 0)
+    if model is not None:
+        model.to(device)
     chunks = []
     with torch.no_grad():
-        for pixel_values in tqdm(loader, desc=desc, leave=False):
+        for pixel_values in progress_bar(loader, desc=desc, leave=False):
+            if model is None:  # the raw-pixels baseline
+                chunks.append(pixel_values.flatten(1).float())
+                continue
             pixel_values = pixel_values.to(device, non_blocking=True)
             hidden = model(pixel_values=pixel_values).last_hidden_state
             chunks.append(pool_features(hidden, feature, prefix).float().cpu())
@@ -469,8 +510,27 @@ def _labels(dataset: datasets.Dataset, column: str, num_classes: int,
     return labels
 
 
+@dataclass
+class _Row:
+    """One line of the table: an encoder (or the pixels) probed once per seed."""
+
+    name: str
+    init: str
+    feature_dim: int = 0
+    probe: dict[int, ProbeResult] = field(default_factory=dict)
+    knn: dict[int, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        from hfssl.evaluation.report import summarise
+
+        return {"name": self.name, "init": self.init, "feature_dim": self.feature_dim,
+                "linear_probe": summarise({s: r.accuracy for s, r in self.probe.items()}),
+                "knn": summarise(self.knn)}
+
+
 def run(args: ImageProbeArguments) -> dict[str, Any]:
-    """Features, linear probe and kNN; writes ``output_dir/results.json`` and prints the table."""
+    """Features, linear probe and kNN of the model and the baselines; writes ``output_dir/results.json``
+    and prints the table."""
     import torch
 
     from hfssl.evaluation.args import check_model_path
@@ -490,41 +550,69 @@ def run(args: ImageProbeArguments) -> dict[str, Any]:
     if unseen:
         logger.warning("%d validation classes have no training image (e.g. %s): they count as errors",
                        len(unseen), splits.class_names[unseen[0]])
-    model, processor = load_backbone(model_path, args.init, args.seed)
     device = _device()
-    logger.info("%s (%s, %s features): %d train / %d validation images, %d classes, on %s", model_path,
-                args.init, args.feature, len(train_y), len(val_y), num_classes, device)
-    timings: dict[str, float] = {}
-    tick = time.time()
-    feats = {}
-    for name, ds in (("train", splits.train), ("validation", splits.validation)):
-        feats[name] = extract_image_features(model, processor, ds, splits.image_column, args.feature,
-                                             args.per_device_eval_batch_size, device, args.dataloader_num_workers,
-                                             desc=f"{name} features")
-    timings["features"] = round(time.time() - tick, 2)
-    del model
-    tick = time.time()
-    probe = linear_probe(feats["train"], train_y, feats["validation"], val_y, num_classes, args.probe_steps,
-                         args.probe_weight_decay, device)
-    timings["linear_probe"] = round(time.time() - tick, 2)
-    tick = time.time()
-    knn_pred = knn_predict(feats["train"], train_y, feats["validation"], num_classes, args.knn_k,
-                           args.knn_temperature, device)
-    knn_acc = (knn_pred == val_y).float().mean().item()
-    timings["knn"] = round(time.time() - tick, 2)
+    seeds = args.seed_list()
+    baselines = args.baseline_list()
+    logger.info("%s (%s, %s features): %d train / %d validation images, %d classes, on %s; baselines: %s", model_path,
+                args.init, args.feature, len(train_y), len(val_y), num_classes, device, ", ".join(baselines) or "none")
+    timings: dict[str, float] = {"features": 0.0, "linear_probe": 0.0, "knn": 0.0}
+    processor = load_image_processor(model_path)
+
+    def evaluate(row: _Row, seed: int, model: Optional[PreTrainedModel]) -> None:
+        tick = time.time()
+        feats = {name: extract_image_features(model, processor, ds, splits.image_column, args.feature,
+                                              args.per_device_eval_batch_size, device, args.dataloader_num_workers,
+                                              desc=f"{row.name} {name} features")
+                 for name, ds in (("train", splits.train), ("validation", splits.validation))}
+        timings["features"] += time.time() - tick
+        tick = time.time()
+        row.probe[seed] = linear_probe(feats["train"], train_y, feats["validation"], val_y, num_classes,
+                                       args.probe_steps, args.probe_weight_decay, device)
+        timings["linear_probe"] += time.time() - tick
+        tick = time.time()
+        predicted = knn_predict(feats["train"], train_y, feats["validation"], num_classes, args.knn_k,
+                                args.knn_temperature, device)
+        row.knn[seed] = (predicted == val_y).float().mean().item()
+        timings["knn"] += time.time() - tick
+        row.feature_dim = int(feats["train"].shape[1])
+
+    name = os.path.basename(str(model_path).rstrip("/"))
+    rows = [_Row(name, args.init)]
+    # A pretrained encoder's features depend on no seed: probed once. Random inits are drawn per seed.
+    for seed in seeds if args.init == "random" else [args.seed]:
+        model, _ = load_backbone(model_path, args.init, seed)
+        evaluate(rows[0], seed, model)
+        del model
+    if "random" in baselines and args.init != "random":
+        rows.append(_Row("random init (same architecture)", "random"))
+        for seed in seeds:
+            model, _ = load_backbone(model_path, "random", seed)
+            evaluate(rows[-1], seed, model)
+            del model
+    if "pixels" in baselines:
+        rows.append(_Row("raw pixels", "-"))
+        evaluate(rows[-1], args.seed, None)
+    timings = {k: round(v, 2) for k, v in timings.items()}
     timings["total"] = round(time.time() - started, 2)
+    main_probe = next(iter(rows[0].probe.values()))
+    summaries = [row.summary() for row in rows]
     results = {
         "model_name_or_path": model_path,
-        "mode": "probe",
+        "mode": "linear_probe",
         "init": args.init,
         "feature": args.feature,
-        "feature_dim": int(feats["train"].shape[1]),
+        "feature_dim": rows[0].feature_dim,
         "num_train": len(train_y),
         "num_validation": len(val_y),
         "num_classes": num_classes,
         "class_names": splits.class_names,
-        "linear_probe": {**asdict(probe), "steps": args.probe_steps, "weight_decay": args.probe_weight_decay},
-        "knn": {"accuracy": knn_acc, "k": min(args.knn_k, len(train_y)), "temperature": args.knn_temperature},
+        # The evaluated model (the mean over seeds for --init random): kept flat for scripts that read it.
+        "linear_probe": {**asdict(main_probe), "accuracy": summaries[0]["linear_probe"]["mean"],
+                         "steps": args.probe_steps, "weight_decay": args.probe_weight_decay},
+        "knn": {"accuracy": summaries[0]["knn"]["mean"], "k": min(args.knn_k, len(train_y)),
+                "temperature": args.knn_temperature},
+        # Every row of the table (the model first, then the baselines), mean ± std over their seeds.
+        "rows": summaries,
         # The accuracy of always answering the most frequent validation class: what "chance" means here.
         "majority_accuracy": torch.bincount(val_y, minlength=num_classes).max().item() / len(val_y),
         "seconds": timings,
@@ -536,18 +624,45 @@ def run(args: ImageProbeArguments) -> dict[str, Any]:
     return results
 
 
+def _cell(summary: dict[str, Any]) -> str:
+    text = f"{100 * summary['mean']:.2f}"
+    return text + (f" ± {100 * summary['std']:.2f}" if len(summary["per_seed"]) > 1 else "")
+
+
 def render(results: dict[str, Any]) -> str:
-    """A small markdown table: top-1 accuracies x100, with the majority-class baseline."""
-    name = os.path.basename(str(results["model_name_or_path"]).rstrip("/"))
-    header = ["Model", "Init", "Feature", "Linear probe top-1", f"kNN top-1 (k={results['knn']['k']})", "Majority"]
-    row = [name, results["init"], results["feature"], f"{100 * results['linear_probe']['accuracy']:.2f}",
-           f"{100 * results['knn']['accuracy']:.2f}", f"{100 * results['majority_accuracy']:.2f}"]
-    widths = [max(len(h), len(c)) for h, c in zip(header, row)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in (header, row)]
+    """A small markdown table: top-1 accuracies x100 (mean ± std over seeds), baselines under the model."""
+    header = ["Model", "Init", "Feature", "Linear probe top-1", f"kNN top-1 (k={results['knn']['k']})", "Dim"]
+    rows = results.get("rows") or []
+    body = [[row["name"], row["init"], results["feature"] if row["init"] != "-" else "pixels",
+             _cell(row["linear_probe"]), _cell(row["knn"]), str(row["feature_dim"])] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in (header, *body)]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    seeds = results["config"].get("seeds")
     lines.append(f"{results['num_train']} train / {results['num_validation']} validation images, "
-                 f"{results['num_classes']} classes, {results['feature_dim']}-d features.")
+                 f"{results['num_classes']} classes; majority class {100 * results['majority_accuracy']:.2f}"
+                 + (f"; random inits: seeds {seeds}" if seeds else "") + ".")
     return "\n".join(lines)
+
+
+def quiet_datasets() -> Any:
+    """A context in which ``datasets`` draws no progress bars (restored after): reading local image folders
+    is not a download, and its "Downloading data" / "Generating split" bars only clutter the output."""
+    import contextlib
+
+    import datasets
+
+    @contextlib.contextmanager
+    def quiet() -> Any:
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
+
+    return quiet()
 
 
 __all__ = [
@@ -564,6 +679,7 @@ __all__ = [
     "load_image_processor",
     "load_image_splits",
     "pool_features",
+    "quiet_datasets",
     "render",
     "run",
     "scan_image_folder",

@@ -127,7 +127,11 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, 
                               config_overrides=model_args.config_overrides,
                               **{f"{k}_id": v for k, v in special.items() if v is not None},
                               **(config_kwargs or {}))
-        model = auto_class.from_config(config)
+        try:
+            model = auto_class.from_config(config)
+        except ValueError:  # a preset of another family, e.g. --model_type t5 for a causal LM
+            raise ConfigError(f"--model_type {config.model_type} cannot be trained by this recipe (it needs a model "
+                              f"for {auto_class.__name__}); choose another --model_type") from None
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "
                           f"{model.config.vocab_size}; use the tokenizer the model was trained with")

@@ -187,8 +187,9 @@ def test_a_folder_without_class_subfolders_has_no_labels(tmp_path):
     _save(tmp_path / "a.png", np.zeros((5, 5, 3), np.uint8), "RGB")
     _save(tmp_path / "b.png", np.full((5, 5, 3), 255, np.uint8), "RGB")
     examples = list(ImageExamples(load_image_dataset(train_dir=str(tmp_path)), 4))
-    assert [set(ex) for ex in examples] == [{"pixel_values"}] * 2
-    assert set(collate_images(examples)) == {"pixel_values"}
+    assert [set(ex) for ex in examples] == [{"pixel_values", "image_index"}] * 2
+    assert set(collate_images(examples)) == {"pixel_values", "image_index"}
+    assert [ex["image_index"] for ex in examples] == [0, 1]  # the position in the stream
 
 
 def test_held_out_validation_images_and_max_train_samples(tmp_path):
@@ -285,7 +286,7 @@ def test_an_interrupted_build_leaves_no_folder_behind(tmp_path, monkeypatch):
 
 
 def test_default_args_use_the_builtin_digits(digits_dir, monkeypatch):
-    monkeypatch.setattr(builtin, "builtin_image_dir", lambda cache_dir=None: digits_dir)
+    monkeypatch.setattr(builtin, "builtin_image_dir", lambda cache_dir=None, name=None, split=None: digits_dir)
     train = ImageExamples(load_image_dataset_from_args(ImageDataArguments(), "train"), 32)
     first = next(iter(train))
     assert first["pixel_values"].shape == (3, 32, 32) and first["labels"] == 0
@@ -325,3 +326,79 @@ def test_has_validation_images_matches_what_the_validation_split_gives(tmp_path)
         assert has_validation_images(args)
         assert next(iter(load_image_dataset_from_args(args, "validation")), None) is not None
     assert not has_validation_images(ImageDataArguments(dataset_name="someone/offline-images"))  # offline here
+
+
+def test_digit_forms_cut_the_collection_sheets_from_the_label_sequence():
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    forms = builtin.digit_forms(labels)
+    sizes = np.bincount(forms)
+    assert len(sizes) == 14 and sizes.min() >= 124 and sizes.max() <= 130 and sizes.sum() == 1797
+    assert (np.diff(forms) >= 0).all()                              # contiguous, in file order
+    for form in range(14):  # every form opens with its 0-9 rows (two forms lost a digit or two of them)
+        header = "".join(map(str, labels[forms == form][:32]))
+        assert header.count("0123456789") >= 2, (form, header)
+    with pytest.raises(DataError, match="14 collection forms"):
+        builtin.digit_forms(labels[::-1])
+
+
+@pytest.fixture(scope="module")
+def cluttered_root(tmp_path_factory) -> str:
+    return os.path.dirname(builtin.builtin_image_dir(tmp_path_factory.mktemp("cache"), name="cluttered_digits"))
+
+
+def test_cluttered_digits_are_deterministic_and_split_by_whole_forms(cluttered_root):
+    from sklearn.datasets import load_digits
+
+    images, labels = builtin.cluttered_digit_images()
+    again, _ = builtin.cluttered_digit_images()
+    assert images.shape == (1797, 32, 32, 3) and np.array_equal(images, again)
+    assert not np.array_equal(images, builtin.cluttered_digit_images(seed=1)[0])
+    assert np.array_equal(labels, load_digits().target)
+    plain, _ = builtin.digit_images()
+    # The digit moved and shrank or grew: far from the plain scan at its fixed place.
+    assert np.abs(images[..., 0].astype(int) - plain[..., 0]).mean() > 30
+    forms = builtin.digit_forms(labels)
+    for split, held_out in (("writers", 378), ("random", 359)):
+        mask = builtin.split_indices(split, labels)
+        assert mask.sum() == held_out
+        files = {part: {int(f[:-4]) for _, _, names in os.walk(os.path.join(cluttered_root, split, part))
+                        for f in names} for part in ("train", "validation")}
+        assert files["validation"] == set(np.flatnonzero(mask)) and len(files["train"]) == 1797 - held_out
+        seen = set(forms[sorted(files["train"])])
+        if split == "writers":  # no form (hand) on both sides
+            assert seen.isdisjoint(forms[sorted(files["validation"])])
+        else:                  # every form on both sides
+            assert seen == set(forms[sorted(files["validation"])]) == set(range(14))
+    i = int(np.flatnonzero(builtin.split_indices("writers", labels))[0])
+    stored = np.array(PIL.Image.open(os.path.join(cluttered_root, "writers", "validation", str(labels[i]), f"{i}.png")))
+    assert np.array_equal(stored, images[i])
+
+
+def test_data_args_choose_the_builtin_set_and_split(cluttered_root, monkeypatch):
+    calls = []
+
+    def fake_dir(cache_dir=None, name=None, split=None):
+        calls.append((name, split))
+        return os.path.join(cluttered_root, split or "writers")
+
+    monkeypatch.setattr(builtin, "builtin_image_dir", fake_dir)
+    args = ImageDataArguments(builtin_images="cluttered_digits", builtin_split="random")
+    assert sum(1 for _ in load_image_dataset_from_args(args, "validation")) == 359
+    assert calls[-1] == ("cluttered_digits", "random")
+    for kwargs, message in ((dict(builtin_images="mnist"), "unknown built-in image set 'mnist'"),
+                            (dict(builtin_images="cluttered_digits", builtin_split="first_1500"), "has no split"),
+                            (dict(builtin_images="digits", train_dir="x"), "drop them with --train_dir")):
+        with pytest.raises(ValueError, match=message):
+            ImageDataArguments(**kwargs)
+
+
+def test_count_training_images_follows_held_out_and_max_train_samples(tmp_path):
+    from hfssl.data.images import count_training_images
+
+    _grid_folder(tmp_path / "train", n=12)
+    root = str(tmp_path / "train")
+    assert count_training_images(ImageDataArguments(train_dir=root)) == 12
+    assert count_training_images(ImageDataArguments(train_dir=root, validation_split_images=5)) == 7
+    assert count_training_images(ImageDataArguments(train_dir=root, max_train_samples=4)) == 4

@@ -159,12 +159,31 @@ def test_mode_flags_fail_in_one_line(image_data, trained_mim_checkpoint, capsys)
     main = _recipe_main()
     base = ["--model_name_or_path", str(trained_mim_checkpoint), "--train_dir", str(image_data["train_dir"]),
             "--validation_dir", str(image_data["validation_dir"])]
-    cases = [(["--mode", "finetuning"], "--mode must be one of probe, finetune, lp_ft"),
+    cases = [(["--mode", "finetuning"], "--mode must be one of linear_probe, finetune, lp_ft"),
              (["--mode", "finetune", "--feature", "mean"], "use --feature cls"),
-             (["--seeds", "1,2"], "use it with --mode finetune or lp_ft"),
+             (["--baselines", "pixels,noise"], "--baselines takes pixels, random or none"),
              (["--mode", "lp_ft", "--seeds", "1,1"], "--seeds has duplicates"),
              (["--mode", "finetune", "--augmentation", "rotate"], "--augmentation must be one of"),
              (["--mode", "finetune", "--min_crop_scale", "0"], "--min_crop_scale must be in (0, 1]"),
              (["--mode", "finetune", "--num_train_epochs", "0"], "--num_train_epochs must be > 0")]
     for extra, message in cases:
         assert message in _error_line(main, [*base, *extra], capsys, code=2), extra
+
+
+def test_an_mae_export_fine_tunes_as_a_vit_classifier_with_its_encoder(tmp_path):
+    """transformers has no classification class for vit_mae: the MAE encoder's weights go into a ViT classifier."""
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = ViTMAEConfig(**{k: v for k, v in TINY_VIT.items() if k != "encoder_stride"}, decoder_hidden_size=32,
+                          decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64)
+    mae = ViTMAEForPreTraining(config)
+    mae.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    model = build_classifier(str(tmp_path), ["a", "b", "c"])
+    assert type(model) is ViTForImageClassification and model.config.num_labels == 3
+    for name, value in mae.vit.state_dict().items():
+        assert torch.equal(model.vit.state_dict()[name], value), name
+    random = build_classifier(str(tmp_path), ["a", "b", "c"], init="random")
+    assert not torch.equal(random.vit.embeddings.patch_embeddings.projection.weight,
+                           mae.vit.embeddings.patch_embeddings.projection.weight)

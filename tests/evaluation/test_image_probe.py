@@ -153,21 +153,62 @@ def test_knn_votes_are_temperature_weighted():
     assert knn_predict(train_x, train_y, query, 3, k=1).tolist() == [1]
 
 
-def test_init_random_is_chance_where_the_trained_checkpoint_separates(image_data, trained_mim_checkpoint, tmp_path):
-    results = {}
-    for init in ("pretrained", "random"):
-        args = ImageProbeArguments(model_name_or_path=str(trained_mim_checkpoint), train_dir=str(image_data["train_dir"]),
-                                   validation_dir=str(image_data["validation_dir"]), init=init, probe_steps=100,
-                                   output_dir=str(tmp_path / init))
-        run(args)
-        results[init] = json.loads((tmp_path / init / "results.json").read_text())
-    pre, rnd = results["pretrained"], results["random"]
-    assert (pre["init"], rnd["init"]) == ("pretrained", "random")
-    print({k: (v["linear_probe"]["accuracy"], v["knn"]["accuracy"]) for k, v in results.items()})
-    assert pre["linear_probe"]["accuracy"] - rnd["linear_probe"]["accuracy"] > 0.4
-    assert pre["knn"]["accuracy"] - rnd["knn"]["accuracy"] > 0.4
-    assert rnd["knn"]["accuracy"] < 0.3
-    assert pre["majority_accuracy"] == pytest.approx(0.1)
+def test_every_table_has_the_random_init_and_raw_pixel_baselines(image_data, trained_mim_checkpoint, tmp_path):
+    """One run: the trained checkpoint, random inits over two seeds (mean ± std) and the raw pixels."""
+    args = ImageProbeArguments(model_name_or_path=str(trained_mim_checkpoint), train_dir=str(image_data["train_dir"]),
+                               validation_dir=str(image_data["validation_dir"]), probe_steps=100, seeds="1,2",
+                               mode="probe", output_dir=str(tmp_path))
+    assert args.mode == "linear_probe"  # the GLUE recipe's name; "probe" stays an alias
+    results = run(args)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
+    model, random, pixels = results["rows"]
+    assert (model["init"], random["init"], pixels["name"]) == ("pretrained", "random", "raw pixels")
+    assert list(random["linear_probe"]["per_seed"]) == ["1", "2"] and len(model["linear_probe"]["per_seed"]) == 1
+    # Two random inits are two different encoders: their scores differ, and the spread is reported.
+    assert random["knn"]["per_seed"]["1"] != random["knn"]["per_seed"]["2"] or random["linear_probe"]["std"] > 0
+    assert pixels["feature_dim"] == 3 * 32 * 32 and model["feature_dim"] == 64
+    print({r["name"]: (r["linear_probe"]["mean"], r["knn"]["mean"]) for r in results["rows"]})
+    assert model["linear_probe"]["mean"] - random["linear_probe"]["mean"] > 0.4
+    assert model["knn"]["mean"] - random["knn"]["mean"] > 0.4
+    assert random["knn"]["mean"] < 0.3
+    # The bar's position is in the pixels, under a random background colour: above chance (measured 0.38),
+    # below the trained encoder.
+    assert 0.2 < pixels["linear_probe"]["mean"] < model["linear_probe"]["mean"] - 0.2
+    assert results["linear_probe"]["accuracy"] == model["linear_probe"]["mean"]
+    assert results["majority_accuracy"] == pytest.approx(0.1)
+
+
+def test_init_random_is_the_evaluated_model_and_skips_its_own_baseline(image_data, trained_mim_checkpoint, tmp_path):
+    results = run(ImageProbeArguments(model_name_or_path=str(trained_mim_checkpoint),
+                                      train_dir=str(image_data["train_dir"]),
+                                      validation_dir=str(image_data["validation_dir"]), init="random", probe_steps=50,
+                                      baselines="random", output_dir=str(tmp_path)))
+    assert [r["init"] for r in results["rows"]] == ["random"]
+    assert results["init"] == "random" and results["knn"]["accuracy"] < 0.3
+
+
+def test_mae_export_is_probed_through_its_encoder_on_whole_images(image_data, tmp_path):
+    """A ViTMAEForPreTraining export: its encoder's weights in a ViTModel (no random masking), so features are
+    deterministic and equal the MAE encoder's own output when it masks nothing."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = ViTMAEConfig(**{k: v for k, v in TINY_VIT.items() if k != "encoder_stride"}, decoder_hidden_size=32,
+                          decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64)
+    mae = ViTMAEForPreTraining(config)
+    mae.save_pretrained(tmp_path / "mae")
+    _processor().save_pretrained(tmp_path / "mae")
+    model, processor = load_backbone(str(tmp_path / "mae"))
+    assert type(model) is ViTModel
+    for name, value in mae.vit.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    pixel_values = processor(images=image_data["images"][:4], return_tensors="pt")["pixel_values"]
+    mae.vit.config.mask_ratio = 0.0
+    with torch.no_grad():
+        identity = torch.arange(64).expand(4, 64).float()        # keep every patch, in order
+        expected = mae.vit(pixel_values=pixel_values, noise=identity).last_hidden_state
+        actual = model(pixel_values=pixel_values).last_hidden_state
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def _recipe_main():
@@ -182,9 +223,12 @@ def test_recipe_subprocess_end_to_end(python_exe, image_data, trained_mim_checkp
     proc = subprocess.run([python_exe, str(RECIPE), "--model_name_or_path", str(trained_mim_checkpoint),
                            "--train_dir", str(image_data["train_dir"]), "--validation_dir",
                            str(image_data["validation_dir"]), "--feature", "mean", "--knn_k", "5",
-                           "--max_train_samples", "100", "--output_dir", str(out)],
+                           "--max_train_samples", "100", "--mode", "linear_probe", "--baselines", "pixels",
+                           "--output_dir", str(out)],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Reading local folders is no download: datasets' bars stay quiet.
+    assert "Downloading data" not in proc.stderr and "Generating train split" not in proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert (results["feature"], results["num_train"], results["num_validation"]) == ("mean", 100, 60)
     assert results["knn"]["k"] == 5 and results["feature_dim"] == 64 and results["num_classes"] == NUM_CLASSES
@@ -192,6 +236,7 @@ def test_recipe_subprocess_end_to_end(python_exe, image_data, trained_mim_checkp
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table[0].split("|")[1:-1][3].strip() == "Linear probe top-1"
     assert table[2].split("|")[4].strip() == f"{100 * results['linear_probe']['accuracy']:.2f}"
+    assert table[3].split("|")[1].strip() == "raw pixels" and len(table) == 4
 
 
 def test_hub_style_dataset_with_string_labels_and_test_split(tmp_path):
@@ -230,7 +275,7 @@ def _error_line(main, args, capsys, code: int = 1) -> str:
 def test_errors_are_one_line(image_data, trained_mim_checkpoint, tmp_path, capsys):
     main = _recipe_main()
     data = ["--train_dir", str(image_data["train_dir"]), "--validation_dir", str(image_data["validation_dir"])]
-    assert "is not a directory" in _error_line(main, ["--model_name_or_path", str(tmp_path / "nope"), *data], capsys)
+    assert "does not exist" in _error_line(main, ["--model_name_or_path", str(tmp_path / "nope"), *data], capsys)
     no_processor = tmp_path / "no-processor"
     ViTModel(ViTConfig(**TINY_VIT)).save_pretrained(no_processor)
     line = _error_line(main, ["--model_name_or_path", str(no_processor), *data], capsys)

@@ -69,3 +69,32 @@ def test_monitor_from_image_folders_needs_labels(tmp_path: Path):
     assert len(set(torch.cat([b["labels"] for b in bank]).tolist())) > 1  # seeded order: several classes
     flat = ImageDataArguments(train_dir=str(tmp_path / "flat"), validation_split_images=4)
     assert image_knn_monitor(flat, image_size=16, seed=0, samples=8, prepare=_prepare) is None
+
+
+def test_collapsed_features_are_reported_in_the_log(caplog):
+    """An encoder whose CLS output ignores the image (collapse) makes the monitor say so; a healthy one does not."""
+    model = _vit().eval()
+    queries = _batches([i % 3 for i in range(30)], noise_seed=1)
+    monitor = KnnMonitor(None, lambda: queries, _prepare)          # no labels needed for the collapse check
+    with torch.no_grad():
+        healthy = monitor(model)
+    assert set(healthy) == {"feature_spread", "rankme"} and healthy["rankme"] > 1.5
+    assert "collapse" not in caplog.text
+
+    def constant(backbone, pixels):                                # every image -> the same vector
+        return torch.ones(pixels.shape[0], 32) + 1e-6 * torch.arange(32.0)
+    collapsed = KnnMonitor(None, lambda: queries, _prepare, encode=constant)
+    with caplog.at_level("WARNING", logger="hfssl"):
+        stats = collapsed(model)
+    assert stats["feature_spread"] < 0.01 and stats["rankme"] < 1.5
+    assert "representation collapse" in caplog.text
+
+
+def test_unlabelled_images_get_the_collapse_monitor_only(tmp_path: Path):
+    for i in range(8):
+        Image.new("RGB", (20, 20), COLOURS[i % 3]).save(tmp_path / f"{i}.png")
+    flat = ImageDataArguments(train_dir=str(tmp_path), validation_split_images=4)
+    monitor = image_knn_monitor(flat, image_size=16, seed=0, samples=8, prepare=_prepare, labels_required=False)
+    assert monitor is not None and monitor.bank is None
+    with torch.no_grad():
+        assert set(monitor(_vit().eval())) == {"feature_spread", "rankme"}

@@ -54,4 +54,4 @@ def accelerate_launch(config: str, recipe: str, args: list[str], *, fsdp_on_cpu:
 
 def error_lines(stderr: str) -> list[str]:
     """The lines a recipe wrote as its own errors (``<recipe>.py: error: ...``)."""
-    return [line for line in stderr.splitlines() if ".py: error:" in line]
+    return [line for line in stderr.splitlines() if ".py: error:" in line and not line.startswith(" ")]

@@ -1,4 +1,5 @@
-"""End-to-end runs of recipes/vit_pretext.py: every pretext task trains and exports a stock ViT."""
+"""End-to-end runs of recipes/vit_pretext.py: every pretext task trains and exports a stock ViT; the new tasks
+also resume bit for bit from a checkpoint."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForMaskedImageModeling,
+    AutoModelForPreTraining,
     ViTForMaskedImageModeling,
+    ViTMAEForPreTraining,
+    ViTMAEModel,
     ViTModel,
 )
 
-from hfssl.objectives.vision import PRETEXT_TASKS
 from tests.helpers.recipes import import_recipe, read_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +38,14 @@ def recipe():
     return import_recipe(RECIPE)
 
 
-@pytest.mark.parametrize("task", sorted(PRETEXT_TASKS))
+CLASSIC = ["colorization", "contrastive", "inpainting", "jigsaw", "mim", "relative_position", "rotation"]
+# The tasks of issue 13, each with flags that keep a run to a few seconds.
+NEW = {"dino": ["--num_local_crops", "2", "--num_prototypes", "64"], "moco_v3": [], "byol": [],
+       "swav": ["--num_local_crops", "2", "--queue_size", "24", "--num_prototypes", "16"],
+       "deepcluster": ["--num_clusters", "4", "--cluster_every", "1"], "exemplar": [], "mae": []}
+
+
+@pytest.mark.parametrize("task", CLASSIC)
 def test_every_task_trains_and_exports_a_stock_vit(task: str, recipe, tmp_path: Path, capsys):
     out = tmp_path / task
     recipe.main([*TINY, "--pretext_task", task, "--max_steps", "3", "--logging_steps", "1", "--output_dir", str(out)])
@@ -63,9 +73,13 @@ def test_default_run_learns_rotation_and_beats_chance(recipe, tmp_path: Path):
     recipe.main(["--model_size", "tiny", "--max_steps", "80", "--per_device_train_batch_size", "32",
                  "--logging_steps", "10", "--eval_steps", "0", "--checkpointing_steps", "0", "--output_dir", str(out)])
     history = [r for r in read_history(out) if "loss" in r]
-    assert history[-1]["loss"] < history[0]["loss"] - 0.2, history
+    # The online probe trains beside the task: two loss terms, each logged under its name.
+    assert history[-1]["loss/rotation"] < history[0]["loss/rotation"] - 0.2, history
     final = json.loads((out / "all_results.json").read_text())
-    assert final["eval_accuracy"] > 0.35  # four rotations: chance is 0.25
+    assert final["eval_rotation/accuracy"] > 0.35  # four rotations: chance is 0.25
+    # The online probe learns at the run's (warm-up + cosine) learning rate for 80 steps: above chance (0.1),
+    # measured 0.14; the kNN of the same features (0.40) is the stronger signal this early.
+    assert final["eval_online_probe/accuracy"] > 0.12
     assert final["eval_knn_accuracy"] > 0.2  # ten digits: chance is 0.1 (measured 0.4-0.5)
 
 
@@ -95,6 +109,52 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(recipe, tmp_pat
     assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+@pytest.mark.parametrize("task", list(NEW))
+def test_new_task_trains_exports_and_resumes_bit_for_bit(task: str, recipe, tmp_path: Path):
+    """4 steps straight vs 2 + a resumed 2: the same final checkpoint (backbone, heads, teachers, counters,
+    centre, queue, memory banks, cluster assignments), the same export, the same losses."""
+    import shutil
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    common = ["--pretext_task", task, "--model_size", "tiny", "--image_size", "16", "--patch_size", "4",
+              "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_steps", "4",
+              "--checkpointing_steps", "2", "--logging_steps", "1", "--eval_steps", "0", "--max_eval_batches", "1",
+              "--knn_monitor_samples", "16", "--warmup_steps", "1", "--shuffle_buffer_size", "64", *NEW[task]]
+    recipe.main([*common, "--output_dir", str(full)])
+    shutil.copytree(full / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
+    recipe.main([*common, "--resume_from_checkpoint", "latest", "--output_dir", str(resumed)])
+    for name in ("checkpoints/step_4/model.safetensors", "model.safetensors"):
+        one, two = _tensors(full / name), _tensors(resumed / name)
+        assert one.keys() == two.keys()
+        assert [k for k in one if not torch.equal(one[k], two[k])] == [], name
+    losses = [[r["loss"] for r in read_history(d) if "loss" in r] for d in (full, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+    history = read_history(full)
+    assert all("online_probe/accuracy" in r for r in history if "loss" in r)      # the online probe trained
+    final = json.loads((full / "all_results.json").read_text())
+    assert {"eval_knn_accuracy", "eval_feature_spread", "eval_rankme", "eval_online_probe/accuracy"} <= set(final)
+    state = _tensors(full / "checkpoints" / "step_4" / "model.safetensors")
+    if task == "mae":
+        assert type(AutoModel.from_pretrained(full)) is ViTMAEModel
+        assert type(AutoModelForPreTraining.from_pretrained(full)) is ViTMAEForPreTraining
+        return
+    assert type(AutoModel.from_pretrained(full)) is ViTModel
+    export = ViTModel.from_pretrained(full, add_pooling_layer=False).state_dict()  # the heads were not exported
+    student = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if task == "dino":  # the teacher is exported: one EMA step past the checkpoint's, far from the student
+        teacher = {k.split("momentum.teachers.backbone.")[1]: v for k, v in state.items()
+                   if "momentum.teachers.backbone." in k}
+        assert teacher.keys() == export.keys() == student.keys()
+        assert max((export[k] - teacher[k]).abs().max() for k in export) < 1e-2
+        assert any(not torch.equal(export[k], student[k]) for k in export)
+    else:
+        assert export.keys() == student.keys() and all(torch.equal(export[k], student[k]) for k in export)
+
+
 def test_own_image_folder_with_held_out_images(recipe, tmp_path: Path):
     """A user folder without class sub-folders: --validation_split_images holds out its first images."""
     import numpy as np
@@ -118,6 +178,9 @@ def test_own_image_folder_with_held_out_images(recipe, tmp_path: Path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--pretext_task", "sudoku"], "--pretext_task must be one of"),
+    (["--temperature", "0.5"], "--temperature does not apply to --pretext_task rotation"),
+    (["--pretext_task", "exemplar", "--pretext_options", "num_negatives=many"], "num_negatives=many"),
+    (["--pretext_task", "dino", "--pretext_options", "warp=1"], "dino takes key=value"),
     (["--mask_ratio", "1.5"], "--mask_ratio must be in (0, 1)"),
     (["--image_size", "30"], "must be a positive multiple of --patch_size"),
     (["--pretext_task", "jigsaw", "--jigsaw_grid", "3"], "jigsaw"),

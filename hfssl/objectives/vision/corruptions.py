@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ __all__ = [
     "dequantize_ab",
     "horizontal_flip",
     "lab_to_rgb",
+    "masking_noise",
+    "multi_crop",
     "min_hamming_distance",
     "neighbour_pairs",
     "permutation_set",
@@ -34,7 +37,9 @@ __all__ = [
     "rgb_to_grayscale",
     "rgb_to_lab",
     "rotate_batch",
+    "solarize",
     "two_views",
+    "views",
 ]
 
 #: (row, column) offsets of the 8 neighbours of a tile, in reading order: label ``i`` of
@@ -311,6 +316,14 @@ def block_mask(batch: int, grid_h: int, grid_w: int, mask_ratio: float, generato
     return mask.reshape(batch, grid_h * grid_w)
 
 
+def masking_noise(batch: int, num_patches: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Uniform [0, 1) noise per patch, ``(batch, num_patches)``: MAE's random masking keeps the patches with the
+    lowest noise, so this fixes which patches a ``ViTMAEForPreTraining`` forward drops."""
+    device = torch.device(device) if device is not None else _device_of(generator, torch.device("cpu"))
+    return _rand((batch, num_patches), generator, device)
+
+
 def rectangle_mask(batch: int, grid_h: int, grid_w: int, block_h: int, block_w: int,
                    generator: torch.Generator | None = None, device: torch.device | str | None = None
                    ) -> torch.Tensor:
@@ -391,12 +404,45 @@ def random_grayscale(images01: torch.Tensor, generator: torch.Generator | None =
     return torch.where(gray, rgb_to_grayscale(images01).expand_as(images01), images01)
 
 
+def solarize(images01: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.2,
+             threshold: float = 0.5) -> torch.Tensor:
+    """With probability ``p`` per image, invert every value at or above ``threshold`` (BYOL/DINO's solarisation)."""
+    apply = _rand((images01.shape[0], 1, 1, 1), generator, images01.device) < p
+    return torch.where(apply & (images01 >= threshold), 1.0 - images01, images01)
+
+
 def _one_view(images01: torch.Tensor, generator: torch.Generator | None, out_size: int,
-              scale: tuple[float, float]) -> torch.Tensor:
+              scale: tuple[float, float], solarize_p: float = 0.0) -> torch.Tensor:
     flip = _rand((images01.shape[0],), generator, images01.device) < 0.5
     view = random_resized_crop(images01, out_size, generator, scale=scale, flip=flip)
     view = colour_jitter(view, generator)
-    return random_grayscale(view, generator)
+    view = random_grayscale(view, generator)
+    return solarize(view, generator, p=solarize_p) if solarize_p > 0 else view
+
+
+def views(images01: torch.Tensor, generator: torch.Generator | None, count: int, out_size: int,
+          scale: tuple[float, float], solarize_p: Sequence[float] | None = None) -> torch.Tensor:
+    """``count`` independent augmented views of every image, ``(count * B, 3, out_size, out_size)`` in [0, 1]:
+    rows ``v * B + i`` are view ``v`` of image ``i``. Each view: random resized crop (area ``scale``) with a
+    horizontal flip, colour jitter, random grayscale, then solarisation with probability ``solarize_p[v]``."""
+    _check_images(images01)
+    probabilities = list(solarize_p) if solarize_p is not None else [0.0] * count
+    if len(probabilities) != count:
+        raise ValueError(f"solarize_p needs one probability per view ({count}), got {len(probabilities)}")
+    return torch.cat([_one_view(images01, generator, out_size, scale, p) for p in probabilities], dim=0)
+
+
+def multi_crop(images01: torch.Tensor, generator: torch.Generator | None, global_size: int, local_size: int,
+               num_local: int, global_scale: tuple[float, float] = (0.4, 1.0),
+               local_scale: tuple[float, float] = (0.05, 0.4)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-crop (SwAV, DINO): two global views at ``global_size`` and ``num_local`` small local views at
+    ``local_size``, all batched on the device. Returns ``(globals (2B, ...), locals (num_local * B, ...) or
+    None)``; row ``v * B + i`` is view ``v`` of image ``i``. The second global view is solarised with
+    probability 0.2, as in BYOL and DINO."""
+    globals_ = views(images01, generator, 2, global_size, global_scale, solarize_p=(0.0, 0.2))
+    if num_local == 0:
+        return globals_, None
+    return globals_, views(images01, generator, num_local, local_size, local_scale)
 
 
 def two_views(images01: torch.Tensor, generator: torch.Generator | None = None, out_size: int | None = None,

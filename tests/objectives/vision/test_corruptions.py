@@ -244,3 +244,23 @@ def test_functions_are_device_agnostic_about_the_generator():
     rotated, labels = rotate_batch(images, None)
     assert rotated.device == labels.device == images.device
     assert math.isclose(block_mask(4, 4, 4, 0.5).float().mean().item(), 0.5)
+
+
+def test_multi_crop_views_are_batched_seeded_and_solarised_as_asked():
+    from hfssl.objectives.vision.corruptions import masking_noise, multi_crop, solarize, views
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    globals_, locals_ = multi_crop(images, torch.Generator().manual_seed(1), 32, 12, 3)
+    assert globals_.shape == (8, 3, 32, 32) and locals_.shape == (12, 3, 12, 12)
+    again, _ = multi_crop(images, torch.Generator().manual_seed(1), 32, 12, 3)
+    assert torch.equal(globals_, again)
+    assert 0.0 <= float(locals_.min()) and float(locals_.max()) <= 1.0
+    assert multi_crop(images, torch.Generator().manual_seed(1), 32, 12, 0)[1] is None
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 4, 4).expand(2, 3, 4, 4)
+    flipped = solarize(ramp, torch.Generator().manual_seed(0), p=1.0)
+    assert torch.equal(flipped, torch.where(ramp >= 0.5, 1 - ramp, ramp))
+    assert torch.equal(solarize(ramp, torch.Generator().manual_seed(0), p=0.0), ramp)
+    with pytest.raises(ValueError, match="one probability per view"):
+        views(images, None, 2, 32, (0.5, 1.0), solarize_p=(0.1,))
+    noise = masking_noise(3, 16, torch.Generator().manual_seed(0))
+    assert noise.shape == (3, 16) and torch.equal(noise, masking_noise(3, 16, torch.Generator().manual_seed(0)))
