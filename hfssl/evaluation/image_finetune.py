@@ -311,6 +311,9 @@ def run_finetune(args: ImageProbeArguments, ft: ImageFinetuneArguments,
     # cpu=True without an accelerator: what makes Accelerate use gloo under torchrun on CPU (as runner.py).
     accelerator = Accelerator(mixed_precision=ft.mixed_precision, cpu=not _has_accelerator())
     setup_logging(accelerator.is_main_process)
+    from hfssl.training import engines
+
+    engines.check_engine(accelerator)  # an FSDP/DeepSpeed config never silently becomes DDP
     started = time.time()
     processor = load_image_processor(model_path)
     splits = load_image_splits(args)
