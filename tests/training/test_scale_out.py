@@ -114,8 +114,8 @@ def test_fsdp2_resume_on_one_process_reshards_and_continues_with_the_same_exampl
 def test_ddp_resume_on_two_processes_from_a_one_process_checkpoint(reference, tokenizer_dir, tmp_path):
     out = tmp_path / "out"
     continue_from(reference, 2, out)
-    result = accelerate_launch("cpu_2proc", "gpt_clm.py",
-                               gpt_args(tokenizer_dir, out, 2, "--resume_from_checkpoint", "latest"), launcher_args=[])
+    # configs/accelerate/ddp.yaml as shipped for GPUs; without one its processes run DDP on gloo.
+    result = accelerate_launch("ddp", "gpt_clm.py", gpt_args(tokenizer_dir, out, 2, "--resume_from_checkpoint", "latest"))
     assert "saved by 1 process, on 2" in result.stderr
     ref, resumed = losses(reference), losses(out)
     for step in (3, 4):
