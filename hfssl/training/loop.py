@@ -538,8 +538,12 @@ class TrainingRun:
                 self.accelerator.backward(loss, **self._backward_kwargs)
             step_loss += loss.detach() / self.world
             self.window.add(out, counts[i], self.objective.input_tokens(batch))
-        max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
-        grad_norm = engines.local_norm(self.accelerator.clip_grad_norm_(self.module.parameters(), max_norm))
+        # --max_grad_norm 0 turns clipping off and, as in transformers' Trainer, the norm pass with it (a
+        # measurable cost for models made of embedding tables, such as word2vec); the norm is then not logged.
+        grad_norm = None
+        if self.args.max_grad_norm > 0:
+            grad_norm = engines.local_norm(self.accelerator.clip_grad_norm_(self.module.parameters(),
+                                                                            self.args.max_grad_norm))
         bad = ~torch.isfinite(step_loss)
         if grad_norm is not None:
             grad_norm = torch.as_tensor(grad_norm).detach().to(self.device, torch.float64)
@@ -586,7 +590,7 @@ class TrainingRun:
         record.update(_combine({k: reduced[f"l:{k}"] for k in loss_keys}, {k: reduced[f"c:{k}"] for k in count_keys},
                                {k: reduced[f"m:{k}"] for k in metric_keys}))
         record["lr"] = self.scheduler.get_last_lr()[0]
-        if w.steps:
+        if w.steps and self.args.max_grad_norm > 0:
             record["grad_norm"] = float(w.grad_norm.item()) / w.steps
         primary = getattr(self.objective, "primary_term", "loss")
         # Targets/s (next tokens for CLM, masked tokens for MLM) and, comparable across objectives, inputs/s.
