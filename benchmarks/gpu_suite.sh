@@ -11,6 +11,9 @@
 #               bash benchmarks/gpu_suite.sh bert512      # issue 5: BERT-base seq 512
 #               bash benchmarks/gpu_suite.sh vit          # ViT-B/16 224px SimMIM vs the run_mim.py Trainer path
 #               bash benchmarks/gpu_suite.sh fsdp         # issue 12: bf16 FSDP2 vs DDP on every GPU (memory, tokens/s)
+#               bash benchmarks/gpu_suite.sh vit_ssl      # issue 13: ViT-S/16 224 px DINO vs lightly, MAE, bf16
+#               bash benchmarks/gpu_suite.sh word2vec     # issue 14: word2vec on the GPU vs gensim on the CPUs
+# vit_ssl needs lightly + torchvision wheels and word2vec gensim wheels in .whl/ (scripts/device_wheels.sh).
 # Every stage writes its log and JSON lines under $OUT (or ./gpu_out without the device tool).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +62,25 @@ case "$stage" in
     python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml --num_processes "$ngpu" \
       recipes/gpt_clm.py --model_size base --max_seq_length 1024 --per_device_train_batch_size 16 --max_steps 60 \
       --logging_steps 10 --checkpointing_steps 30 --output_dir /tmp/fsdp_gpt 2>&1 | tee "$out/fsdp_gpt_recipe.log" ;;
+  vit_ssl)  # ViT-S/16 224 px bf16, batch 128, 30 timed steps after 5: hfssl vs lightly (DINO), hfssl MAE
+    python3 - <<'PY'
+import numpy as np, os
+from PIL import Image
+rng = np.random.default_rng(0)                       # throughput does not depend on content (no sklearn here)
+os.makedirs("/tmp/vit_ssl/train/0", exist_ok=True)
+for i in range(4096):
+    Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(f"/tmp/vit_ssl/train/0/{i}.png")
+PY
+    common="--train_dir /tmp/vit_ssl/train --budget_cpu_s 0 --steps 30 --warmup_steps 5 --model_size small --image_size 224 --patch_size 16 --batch_size 128 --bf16 --num_workers 8"
+    for run in "hfssl dino" "lightly dino" "hfssl mae"; do
+      set -- $run
+      python3 benchmarks/_vision_peer_worker.py --side "$1" --method "$2" --output_dir "$out/vit_ssl_$1_$2" $common \
+        2>&1 | tee "$out/vit_ssl_$1_$2.log" | tail -n 1 > "$out/vit_ssl_$1_$2.json"
+    done ;;
+  word2vec)  # skip-gram on the GPU vs gensim on this box's CPUs; carry 30 Wikipedia shards in .w2v_corpus/
+    python3 benchmarks/word2vec_peer.py --train_file .w2v_corpus/wiki_*.gz --contenders hfssl,gensim \
+      --hfssl_args "--per_device_train_batch_size 100 --mixed_precision bf16" 2>&1 \
+      | tee "$out/word2vec.log" | tail -n 1 > "$out/word2vec.json" ;;
   *)
-    echo "unknown stage $stage: tests, gpt, gpt_levers, bert, bert512, vit or fsdp" >&2; exit 2 ;;
+    echo "unknown stage $stage: tests, gpt, gpt_levers, bert, bert512, vit, fsdp, vit_ssl or word2vec" >&2; exit 2 ;;
 esac
