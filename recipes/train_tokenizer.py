@@ -2,6 +2,7 @@
 
     python recipes/train_tokenizer.py --train_file 'corpus/*.txt.gz' --tokenizer_type bpe \
         --vocab_size 16000 --output_dir tok-bpe
+    python recipes/train_tokenizer.py --tokenizer_type t5 --extra_ids 100 --output_dir tok-t5   # BART: bart
     python recipes/train_tokenizer.py --output_dir tok   # built-in corpus (stdlib docstrings)
 
 The result loads with ``AutoTokenizer.from_pretrained(output_dir)``.
@@ -16,7 +17,7 @@ from typing import Optional
 # Only light modules before the arguments are parsed: --help and flag errors answer at once.
 from hfssl.cli import main_entry, parse_args
 from hfssl.config import check_output_dir
-from hfssl.data.tokenizer_training import TOKENIZER_TYPES
+from hfssl.data.tokenizer_training import DEFAULT_EXTRA_IDS, TOKENIZER_TYPES
 from hfssl.logging import get_logger
 
 logger = get_logger("train_tokenizer")
@@ -37,7 +38,11 @@ class TokenizerTrainingArguments:
     text_column: str = field(
         default="text", metadata={"help": "Column holding the text (jsonl/csv/parquet/Hub)."}
     )
-    tokenizer_type: str = field(default="bpe", metadata={"help": f"One of {', '.join(TOKENIZER_TYPES)}."})
+    tokenizer_type: str = field(default="bpe", metadata={
+        "help": f"One of {', '.join(TOKENIZER_TYPES)} (bart: byte-level BPE with <mask>; t5: Unigram with "
+                "<extra_id_N> sentinels)."})
+    extra_ids: int = field(default=DEFAULT_EXTRA_IDS, metadata={
+        "help": "t5 only: sentinel tokens <extra_id_0>... for span corruption, counted in --vocab_size."})
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size, special tokens included."})
     min_frequency: int = field(default=2, metadata={"help": "Minimum pair/word frequency (bpe, wordpiece)."})
     lowercase: bool = field(
@@ -63,6 +68,8 @@ class TokenizerTrainingArguments:
             raise ValueError("--encoding_errors must be strict or replace")
         if self.dataset_name and self.train_file:
             raise ValueError("give either --dataset_name or --train_file, not both")
+        if self.extra_ids < 1:
+            raise ValueError(f"--extra_ids must be at least 1, got {self.extra_ids}")
         if self.vocab_size < 1 or self.min_frequency < 1:
             raise ValueError("--vocab_size and --min_frequency must be positive")
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         min_frequency=args.min_frequency,
         lowercase=args.lowercase,
         model_max_length=args.model_max_length,
+        extra_ids=args.extra_ids,
     )
     elapsed = time.perf_counter() - start
     os.makedirs(args.output_dir, exist_ok=True)

@@ -1,12 +1,16 @@
 """Train a tokenizer from a stream of texts with the ``tokenizers`` library.
 
-Three families, each wrapped as a ``transformers.PreTrainedTokenizerFast`` that round-trips through
+Five families, each wrapped as a ``transformers.PreTrainedTokenizerFast`` that round-trips through
 ``save_pretrained`` / ``AutoTokenizer.from_pretrained``:
 
 * ``bpe``: byte-level BPE as GPT-2 (no unknown tokens, exact round trip of any text when not lowercased);
   ``<|endoftext|>`` is bos/eos/unk, ``<|pad|>`` pads.
 * ``wordpiece``: BERT style (``[PAD] [UNK] [CLS] [SEP] [MASK]``, ``[CLS] A [SEP] B [SEP]`` with token_type_ids).
 * ``unigram``: SentencePiece style (NFKC, Metaspace ``▁``), ``<pad> <unk> <s> </s> <mask>``, ``<s> A </s>``.
+* ``bart``: byte-level BPE with BART's ``<s> <pad> </s> <unk> <mask>`` (``<s> A </s>``, pairs ``<s> A </s></s> B </s>``);
+  ``<mask>`` swallows the space before it, so ``"The <mask> of"`` encodes as a masked span does in training.
+* ``t5``: Unigram as T5 (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``A </s>``) plus ``extra_ids`` sentinels
+  ``<extra_id_0>``... at the end of the vocabulary, ``<extra_id_0>`` last, as T5's own vocabulary.
 
 The texts are consumed as a stream in batches; the corpus is never held in memory.
 """
@@ -17,14 +21,25 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from hfssl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerFast
 
-TOKENIZER_TYPES = ("bpe", "wordpiece", "unigram")
+TOKENIZER_TYPES = ("bpe", "wordpiece", "unigram", "bart", "t5")
+#: T5's number of sentinel tokens (``T5Tokenizer(extra_ids=100)``).
+DEFAULT_EXTRA_IDS = 100
 _BYTE_ALPHABET = len(pre_tokenizers.ByteLevel.alphabet())  # 256
 
 
@@ -64,20 +79,42 @@ _SPECIALS = {
             "mask_token": "<mask>",
         },
     ),
+    # BART's order and roles (facebook/bart-base: <s> 0, <pad> 1, </s> 2, <unk> 3); <mask> right after them.
+    "bart": _Specials(
+        ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+        {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+        },
+    ),
+    # T5's ids: <pad> 0 (also the decoder start), </s> 1, <unk> 2; the sentinels are added after training.
+    "t5": _Specials(("<pad>", "</s>", "<unk>"), {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}),
 }
 
 
-def min_vocab_size(tokenizer_type: str) -> int:
+def sentinel_tokens(extra_ids: int) -> list[str]:
+    """T5's sentinel tokens ``<extra_id_0>`` ... ``<extra_id_{extra_ids - 1}>``, in span order."""
+    return [f"<extra_id_{i}>" for i in range(extra_ids)]
+
+
+def min_vocab_size(tokenizer_type: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> int:
     """Smallest vocab_size that holds the special tokens (and, for byte-level BPE, all 256 bytes)."""
     specials = len(_SPECIALS[tokenizer_type].tokens)
-    if tokenizer_type == "bpe":
+    if tokenizer_type in ("bpe", "bart"):
         return specials + _BYTE_ALPHABET
+    if tokenizer_type == "t5":
+        return specials + extra_ids + 1
     return specials + 1
 
 
 def _build(tokenizer_type: str, vocab_size: int, min_frequency: int, lowercase: bool):
     specials = list(_SPECIALS[tokenizer_type].tokens)
-    if tokenizer_type == "bpe":
+    if tokenizer_type in ("bpe", "bart"):
         tok = Tokenizer(models.BPE())
         if lowercase:
             tok.normalizer = normalizers.Lowercase()
@@ -119,6 +156,22 @@ def _build(tokenizer_type: str, vocab_size: int, min_frequency: int, lowercase: 
     return tok, trainer
 
 
+def _add_denoising_tokens(tokenizer_type: str, tok: Tokenizer, extra_ids: int) -> list[str]:
+    """BART's ``<mask>`` and T5's sentinels strip the space before them (as in their original tokenizers):
+    a span masked in training starts at a token that carries its own leading space, so ``"a <mask> b"``
+    must not leave a lone space token in front of the mask. Returns T5's sentinel tokens."""
+    if tokenizer_type == "bart":
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True, normalized=False)])
+        return []
+    if tokenizer_type == "t5":
+        sentinels = sentinel_tokens(extra_ids)
+        # Appended in reverse, so <extra_id_0> gets the last id as in T5's vocabulary.
+        tok.add_special_tokens([AddedToken(t, lstrip=True, special=True, normalized=False)
+                                for t in reversed(sentinels)])
+        return sentinels
+    return []
+
+
 def _post_processor(tokenizer_type: str, tok: Tokenizer):
     if tokenizer_type == "wordpiece":
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -132,6 +185,14 @@ def _post_processor(tokenizer_type: str, tok: Tokenizer):
         return processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1", special_tokens=[("<s>", bos), ("</s>", eos)]
         )
+    if tokenizer_type == "bart":  # RoBERTa/BART layout: <s> A </s></s> B </s>
+        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        return processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+        )
+    if tokenizer_type == "t5":  # T5 appends </s> and adds no start token
+        eos = tok.token_to_id("</s>")
+        return processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
     return tok.post_processor
 
 
@@ -158,22 +219,29 @@ def train_tokenizer(
     min_frequency: int = 2,
     lowercase: bool = False,
     model_max_length: int = 1024,
+    extra_ids: int = DEFAULT_EXTRA_IDS,
 ) -> PreTrainedTokenizerFast:
-    """Train a ``bpe`` / ``wordpiece`` / ``unigram`` tokenizer on ``texts`` (any iterable, consumed once)."""
+    """Train a ``bpe`` / ``wordpiece`` / ``unigram`` / ``bart`` / ``t5`` tokenizer on ``texts`` (any iterable,
+    consumed once). ``extra_ids``: the number of T5 sentinels, counted in ``vocab_size``."""
     if tokenizer_type not in TOKENIZER_TYPES:
         raise ConfigError(
             f"tokenizer_type must be one of {', '.join(TOKENIZER_TYPES)}, got {tokenizer_type!r}"
         )
-    needed = min_vocab_size(tokenizer_type)
+    if tokenizer_type == "t5" and extra_ids < 1:
+        raise ConfigError(f"a t5 tokenizer needs sentinel tokens: --extra_ids must be at least 1, got {extra_ids}")
+    needed = min_vocab_size(tokenizer_type, extra_ids)
     if vocab_size < needed:
+        what = {"bpe": " + 256 bytes", "bart": " + 256 bytes", "t5": f" + {extra_ids} sentinels"}
         raise DataError(
             f"vocab_size {vocab_size} is too small for a {tokenizer_type} tokenizer: it needs at least {needed} "
-            f"(special tokens{' + 256 bytes' if tokenizer_type == 'bpe' else ''}); pass a larger --vocab_size"
+            f"(special tokens{what.get(tokenizer_type, '')}); pass a larger --vocab_size"
         )
     if min_frequency < 1:
         raise ConfigError(f"min_frequency must be >= 1, got {min_frequency}")
 
-    tok, trainer = _build(tokenizer_type, vocab_size, min_frequency, lowercase)
+    # T5's sentinels are added after training, on top of the trained vocabulary.
+    trained_size = vocab_size - extra_ids if tokenizer_type == "t5" else vocab_size
+    tok, trainer = _build(tokenizer_type, trained_size, min_frequency, lowercase)
     counter = [0]
     try:
         tok.train_from_iterator(_batches(texts, counter), trainer=trainer)
@@ -188,6 +256,7 @@ def train_tokenizer(
     if counter[0] == 0:
         raise DataError("no text to train the tokenizer on: the corpus yielded no non-empty document")
     tok.post_processor = _post_processor(tokenizer_type, tok)
+    sentinels = _add_denoising_tokens(tokenizer_type, tok, extra_ids)
 
     specials = _SPECIALS[tokenizer_type]
     input_names = ["input_ids", "token_type_ids", "attention_mask"]
@@ -201,5 +270,6 @@ def train_tokenizer(
         model_input_names=input_names,
         clean_up_tokenization_spaces=False,
         **specials.roles,
+        **({"additional_special_tokens": sentinels} if sentinels else {}),
     )
     return fast

@@ -17,6 +17,7 @@ from hfssl.errors import ConfigError
 # runs we follow (nanoGPT, Pythia, llm.c) use 0. It is also faster (issue 4, H100: 332k vs 307k
 # tokens/s). Floats, so ``--config_overrides resid_pdrop=0.1`` parses as a float.
 _GPT2_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+_BART_NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt2": {
@@ -41,6 +42,29 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048},
         "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
     },
+    # Encoder-decoders for denoising pretraining (recipes/seq2seq_denoising.py). base = bart-base / t5-base,
+    # T5's small = t5-small. No dropout, as the GPT-2 presets: single-epoch pretraining (T5.1.1 pretrained
+    # without it); --config_overrides dropout=0.1 (BART) or dropout_rate=0.1 (T5) restores it.
+    "bart": {
+        "tiny": {"encoder_layers": 2, "decoder_layers": 2, "d_model": 64, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256, **_BART_NO_DROPOUT},
+        "mini": {"encoder_layers": 4, "decoder_layers": 4, "d_model": 256, "encoder_attention_heads": 4,
+                 "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024, **_BART_NO_DROPOUT},
+        "small": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "encoder_attention_heads": 8,
+                  "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, **_BART_NO_DROPOUT},
+        "base": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 768, "encoder_attention_heads": 12,
+                 "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072, **_BART_NO_DROPOUT},
+    },
+    "t5": {
+        "tiny": {"num_layers": 2, "num_decoder_layers": 2, "d_model": 64, "d_kv": 32, "num_heads": 2, "d_ff": 256,
+                 "dropout_rate": 0.0},
+        "mini": {"num_layers": 4, "num_decoder_layers": 4, "d_model": 256, "d_kv": 64, "num_heads": 4, "d_ff": 1024,
+                 "dropout_rate": 0.0},
+        "small": {"num_layers": 6, "num_decoder_layers": 6, "d_model": 512, "d_kv": 64, "num_heads": 8, "d_ff": 2048,
+                  "dropout_rate": 0.0},
+        "base": {"num_layers": 12, "num_decoder_layers": 12, "d_model": 768, "d_kv": 64, "num_heads": 12,
+                 "d_ff": 3072, "dropout_rate": 0.0},
+    },
 }
 
 # ViT presets follow the DeiT/ViT widths (Ti 192, S 384, B 768); image and patch size are recipe flags,
@@ -52,7 +76,9 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
     "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
 }
 
-_POSITION_FIELD = {"gpt2": "n_positions", "llama": "max_position_embeddings", "bert": "max_position_embeddings"}
+# T5 has relative position buckets and no position table: any length runs, nothing to size.
+_POSITION_FIELD = {"gpt2": "n_positions", "llama": "max_position_embeddings", "bert": "max_position_embeddings",
+                   "bart": "max_position_embeddings", "t5": None}
 
 
 def _coerce(value: str, current: Any) -> Any:
@@ -113,7 +139,7 @@ def build_config(
         raise ConfigError(f"unknown --model_size {model_size!r}; choose from {', '.join(sizes)}")
     kwargs: dict[str, Any] = dict(sizes[model_size])
     kwargs["vocab_size"] = vocab_size
-    if max_position_embeddings is not None:
+    if max_position_embeddings is not None and _POSITION_FIELD[model_type]:
         kwargs[_POSITION_FIELD[model_type]] = max_position_embeddings
     kwargs.update(extra)
     config = AutoConfig.for_model(model_type, **kwargs)

@@ -26,7 +26,7 @@ def test_recipes_exist():
     assert {"train_tokenizer.py", "gpt_clm.py", "bert_mlm.py", "glue_finetune.py"} <= set(RECIPES)
 
 
-LIGHT_RECIPES = ["train_tokenizer.py", "gpt_clm.py", "bert_mlm.py"]
+LIGHT_RECIPES = ["train_tokenizer.py", "gpt_clm.py", "bert_mlm.py", "seq2seq_denoising.py"]
 _PROBE = """
 import runpy, sys
 sys.argv = [sys.argv[1], *sys.argv[2:]]
