@@ -4,8 +4,10 @@
     accelerate launch recipes/vit_pretext.py --pretext_task dino --train_dir images/ \
         --model_size small --image_size 224 --patch_size 16 --output_dir out
 
-Tasks: dino, moco_v3, byol, swav, deepcluster, exemplar, mae, and the classic rotation, jigsaw,
-relative_position, colorization, inpainting, contrastive (SimCLR) and mim (SimMIM). ``--train_dir`` is an
+Tasks: dino, moco_v3, byol, swav, deepcluster, exemplar, mae, the classic rotation, jigsaw,
+relative_position, colorization, inpainting, contrastive (SimCLR) and mim (SimMIM), and the autoencoders
+(autoencoder, denoising_autoencoder, sparse_autoencoder, vae: the CLS vector is the code, a small pixel
+decoder belongs to the objective and is not exported). ``--train_dir`` is an
 image folder (class sub-folders are fine; labels are only used for monitoring), or ``--dataset_name`` a Hub
 dataset with an image column. With no data flags it trains on a built-in set made from scikit-learn's
 1,797 real 8x8 digit scans: ``digits`` (default, the fast smoke set) or ``--builtin_images cluttered_digits``
@@ -34,6 +36,7 @@ from hfssl.objectives.vision import TASK_NAMES
 # Flags whose objective argument has another name; every other task flag is the argument's own name.
 _FLAG_TO_OPTION = {"jigsaw_grid": "grid"}
 _NOT_TASK_FLAGS = ("pretext_task", "pretext_options", "knn_monitor_samples", "online_probe")
+_NOISES = ("masking", "salt_pepper", "gaussian")  # denoising_autoencoder's --noise (checked before torch loads)
 
 
 @dataclass
@@ -73,6 +76,18 @@ class PretextArguments:
     num_clusters: Optional[int] = field(default=None, metadata={"help": "deepcluster: k of k-means (default 100)."})
     cluster_every: Optional[int] = field(default=None, metadata={
         "help": "deepcluster: optimizer steps between two clusterings (default 50)."})
+    code_dim: Optional[int] = field(default=None, metadata={
+        "help": "autoencoder, denoising_autoencoder: project the CLS vector (the code) to this size; "
+                "sparse_autoencoder, vae: size of the ReLU code / latent Gaussian (default: the CLS width)."})
+    noise: Optional[str] = field(default=None, metadata={
+        "help": f"denoising_autoencoder: the corruption, one of {', '.join(_NOISES)} (default masking)."})
+    noise_level: Optional[float] = field(default=None, metadata={
+        "help": "denoising_autoencoder: share of pixels blanked (masking, default 0.5) or set to black/white "
+                "(salt_pepper, 0.25), or the std in [0, 1] pixel units (gaussian, 0.3)."})
+    sparsity_weight: Optional[float] = field(default=None, metadata={
+        "help": "sparse_autoencoder: weight of the L1 penalty on the ReLU code's mean activation (default 0.01)."})
+    beta: Optional[float] = field(default=None, metadata={
+        "help": "vae: weight of the KL term (default 1: the ELBO; beta-VAE above 1)."})
     pretext_options: Optional[str] = field(default=None, metadata={
         "help": "Any other option of the task's objective, e.g. 'num_negatives=1024,bank_momentum=0.5' (exemplar) "
                 "or 'crop_scale=0.3:1.0'; tuples as a:b."})
@@ -95,6 +110,13 @@ class PretextArguments:
             raise ValueError(f"--teacher_momentum must be in [0, 1], got {self.teacher_momentum}")
         if self.knn_monitor_samples < 0:
             raise ValueError("--knn_monitor_samples must be >= 0")
+        if self.noise is not None and self.noise not in _NOISES:
+            raise ValueError(f"--noise must be one of {', '.join(_NOISES)}, got {self.noise!r}")
+        for name in ("noise_level", "sparsity_weight", "beta"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.code_dim is not None and self.code_dim < 1:
+            raise ValueError(f"--code_dim must be >= 1, got {self.code_dim}")
 
     def objective_options(self) -> dict[str, Any]:
         """The options given for the chosen task, under the objective's own argument names.
@@ -222,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                    configs_to_record=(model_args, data_args, args, task_args), accelerator=accelerator,
                    eval_callbacks=monitors, export_fn=export_fn, verify_fn=verify_fn)
     if accelerator.is_main_process:
-        summary = {k: round(v, 4) for k, v in result.metrics.items() if "loss" in k or "accuracy" in k}
+        shown = ("loss", "accuracy", "vae/", "zero_fraction")  # the autoencoders' KL, ELBO and code sparsity too
+        summary = {k: round(v, 4) for k, v in result.metrics.items() if any(s in k for s in shown)}
         print(f"done: step {result.global_step}, {summary}, export in {result.export_dir}")
         print(f"evaluate it: python recipes/image_probe.py --model_name_or_path {result.export_dir}")
 

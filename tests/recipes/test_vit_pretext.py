@@ -42,7 +42,12 @@ CLASSIC = ["colorization", "contrastive", "inpainting", "jigsaw", "mim", "relati
 # The tasks of issue 13, each with flags that keep a run to a few seconds.
 NEW = {"dino": ["--num_local_crops", "2", "--num_prototypes", "64"], "moco_v3": [], "byol": [],
        "swav": ["--num_local_crops", "2", "--queue_size", "24", "--num_prototypes", "16"],
-       "deepcluster": ["--num_clusters", "4", "--cluster_every", "1"], "exemplar": [], "mae": []}
+       "deepcluster": ["--num_clusters", "4", "--cluster_every", "1"], "exemplar": [], "mae": [],
+       # Issue 15's autoencoders: the denoising noise and the VAE's eps are drawn from the checkpointed generator.
+       "autoencoder": ["--code_dim", "16"], "denoising_autoencoder": ["--noise", "salt_pepper"],
+       "sparse_autoencoder": ["--sparsity_weight", "0.5"], "vae": ["--beta", "2", "--code_dim", "8"]}
+# What a task logs besides its loss terms.
+LOGGED = {"sparse_autoencoder": {"loss/sparsity", "sparsity/zero_fraction"}, "vae": {"loss/kl", "vae/kl", "vae/elbo"}}
 
 
 @pytest.mark.parametrize("task", CLASSIC)
@@ -135,6 +140,7 @@ def test_new_task_trains_exports_and_resumes_bit_for_bit(task: str, recipe, tmp_
     assert losses[0] == losses[1] and len(losses[0]) == 4
     history = read_history(full)
     assert all("online_probe/accuracy" in r for r in history if "loss" in r)      # the online probe trained
+    assert all(LOGGED.get(task, set()) <= set(r) for r in history if "loss" in r)
     final = json.loads((full / "all_results.json").read_text())
     assert {"eval_knn_accuracy", "eval_feature_spread", "eval_rankme", "eval_online_probe/accuracy"} <= set(final)
     state = _tensors(full / "checkpoints" / "step_4" / "model.safetensors")
@@ -184,6 +190,9 @@ def test_own_image_folder_with_held_out_images(recipe, tmp_path: Path):
     (["--mask_ratio", "1.5"], "--mask_ratio must be in (0, 1)"),
     (["--image_size", "30"], "must be a positive multiple of --patch_size"),
     (["--pretext_task", "jigsaw", "--jigsaw_grid", "3"], "jigsaw"),
+    (["--noise", "gaussian"], "--noise does not apply to --pretext_task rotation"),
+    (["--pretext_task", "denoising_autoencoder", "--noise", "speckle"], "--noise must be one of"),
+    (["--pretext_task", "vae", "--beta", "-1"], "--beta must be >= 0"),
     (["--train_dir", "/nonexistent/images"], "/nonexistent/images"),
 ])
 def test_bad_flags_and_inputs_are_one_line_errors(flags: list[str], message: str, recipe, tmp_path: Path, capsys):

@@ -2,8 +2,9 @@
 
 One file per family: ``pretext.py`` (rotation, jigsaw, relative position), ``generative.py`` (colorization,
 inpainting, SimMIM, MAE), ``contrastive.py`` (SimCLR, MoCo v3, exemplar), ``distillation.py`` (DINO, BYOL),
-``clustering.py`` (SwAV, DeepCluster); shared pieces in ``base.py``, ``corruptions.py``, ``heads.py`` and
-``momentum.py`` (the one EMA teacher of DINO, MoCo v3 and BYOL).
+``clustering.py`` (SwAV, DeepCluster), ``autoencoders.py`` (plain, denoising, sparse, variational); shared
+pieces in ``base.py``, ``corruptions.py``, ``heads.py`` and ``momentum.py`` (the one EMA teacher of DINO,
+MoCo v3 and BYOL).
 
 Adding a task: write its objective in the family's file, add one line to ``_TASKS`` below, add its test. The
 recipe's flags reach any objective argument of the same name, and ``--pretext_options key=value,...`` the rest.
@@ -40,6 +41,10 @@ _TASKS: dict[str, str] = {
     "deepcluster": "clustering:DeepClusterObjective",
     "exemplar": "contrastive:ExemplarObjective",
     "mae": "generative:MaskedAutoencoderObjective",
+    "autoencoder": "autoencoders:AutoencoderObjective",
+    "denoising_autoencoder": "autoencoders:DenoisingAutoencoderObjective",
+    "sparse_autoencoder": "autoencoders:SparseAutoencoderObjective",
+    "vae": "autoencoders:VariationalAutoencoderObjective",
 }
 
 #: Arguments the builder fills from the run, not from task flags: the student backbone (momentum teachers

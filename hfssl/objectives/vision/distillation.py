@@ -65,7 +65,8 @@ class DinoObjective(VisionObjective):
                  head_hidden_dim: int | None = None, bottleneck_dim: int = 256, teacher_momentum: float = 0.996,
                  teacher_temperature: float = 0.07, warmup_teacher_temperature: float = 0.04,
                  teacher_temperature_warmup_steps: int | None = None, student_temperature: float = 0.1,
-                 center_momentum: float = 0.9, export_student: bool = False, head_batch_norm: bool = False) -> None:
+                 center_momentum: float = 0.9, export_student: bool = False, head_batch_norm: bool = False,
+                 norm_last_layer: bool = True) -> None:
         super().__init__(config, image_mean, image_std)
         if num_local_crops < 0:
             raise ConfigError(f"num_local_crops must be >= 0, got {num_local_crops}")
@@ -87,7 +88,7 @@ class DinoObjective(VisionObjective):
         self.export_student = export_student
         self.head = DinoHead(self.hidden_size, num_prototypes,
                              head_hidden_dim or default_head_width(self.hidden_size), bottleneck_dim,
-                             batch_norm=head_batch_norm)
+                             batch_norm=head_batch_norm, norm_last_layer=norm_last_layer)
         self.momentum = MomentumTeacher({"backbone": backbone, "head": self.head}, base_momentum=teacher_momentum,
                                         total_steps=max_steps, accumulation_steps=gradient_accumulation_steps)
         self.register_buffer("center", torch.zeros(1, num_prototypes))

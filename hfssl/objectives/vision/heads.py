@@ -39,12 +39,14 @@ class DinoHead(nn.Module):
     """DINO's head: a 3-layer GELU MLP to a ``bottleneck_dim`` vector, L2-normalised, then a weight-normalised
     linear layer to ``out_dim`` prototype scores.
 
-    The last layer's weight norm has its gain fixed to 1 (DINO's ``norm_last_layer``): the scores are cosines
-    between the bottleneck vector and the ``out_dim`` normalised rows of ``last_layer`` (no parametrization
-    object, so copies, EMA updates and sharding see a plain parameter)."""
+    The last layer is weight-normalised (no parametrization object, so copies, EMA updates and sharding see
+    plain parameters): each score is a cosine between the bottleneck vector and a normalised row of
+    ``last_layer``, times that row's gain. ``norm_last_layer=True`` fixes the gains to 1 (DINO's setting for
+    ViT-B); ``False`` learns them (``last_layer_gain``, starting at 1: DINO's setting for ViT-S and smaller),
+    so the student can sharpen its scores beyond ``1 / student_temperature``."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, norm_last_layer: bool = True) -> None:
         super().__init__()
         # batch_norm: DINO's use_bn_in_head (its ResNet setting), BatchNorm after the hidden layers.
         def hidden(a: int, b: int) -> list[nn.Module]:
@@ -58,7 +60,10 @@ class DinoHead(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         nn.init.kaiming_uniform_(self.last_layer, a=5 ** 0.5)  # nn.Linear's own initialisation
+        # 1-D, so the optimizer's no-decay group holds it, as it holds norm weights.
+        self.last_layer_gain = None if norm_last_layer else nn.Parameter(torch.ones(out_dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(features), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer, dim=-1))
+        scores = F.linear(x, F.normalize(self.last_layer, dim=-1))
+        return scores if self.last_layer_gain is None else scores * self.last_layer_gain

@@ -109,6 +109,23 @@ def test_dino_views_centre_temperature_and_teacher_export():
     assert student_export.export_backbone(model2) is model2
 
 
+
+def test_dino_head_learns_its_gains_only_without_norm_last_layer():
+    objective, model = build("dino", num_prototypes=16, norm_last_layer=False)
+    head = objective.head
+    assert head.last_layer_gain is not None and head.last_layer_gain.shape == (16,)
+    assert head.last_layer_gain.dim() == 1            # so the optimizer's no-decay group holds it
+    features = torch.randn(B, objective.hidden_size)
+    unit = head(features)
+    with torch.no_grad():
+        head.last_layer_gain.mul_(3.0)
+    torch.testing.assert_close(head(features), 3.0 * unit)     # the gain scales each prototype's score
+    head(features).logsumexp(-1).sum().backward()
+    assert head.last_layer_gain.grad is not None and head.last_layer_gain.grad.abs().sum() > 0
+    fixed, _ = build("dino", num_prototypes=16)
+    assert fixed.head.last_layer_gain is None
+    assert fixed.head(features).abs().max() <= 1.0 + 1e-5    # fixed gains: the scores are cosines
+
 # -- MoCo v3 and BYOL -----------------------------------------------------------------------------------------
 def test_moco_v3_is_symmetric_infonce_against_the_momentum_keys():
     objective, model = build("moco_v3")
