@@ -137,7 +137,13 @@ def worker(args: argparse.Namespace) -> dict:
     tokens = sum(objective.input_tokens(b) for b in loader[1:-1]) * accelerator.num_processes
     result = {"per_rank": per_rank, "tokens_per_second": tokens / elapsed, "engine": engine_name(accelerator)}
     accelerator.end_training()
+    # Freeing the DDP reducer destroys its gloo group, which can hang once other ranks have left (seen with 4
+    # processes on 2 cores): keep everything alive until main() leaves with os._exit.
+    _KEEP_ALIVE.append((run, accelerator))
     return result
+
+
+_KEEP_ALIVE: list = []
 
 
 # ------------------------------------------------------------------------------------------ parent

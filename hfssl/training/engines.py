@@ -87,6 +87,18 @@ def check_engine(accelerator: Accelerator, *, save_on_each_node: bool = False) -
             f"(e.g. --config_file {CPU_MULTIPROCESS_CONFIG}) or torchrun --nproc_per_node N")
 
 
+def check_objective(accelerator: Accelerator, objective: nn.Module) -> None:
+    """Refuse, in one line, an objective the engine cannot run: a module of the objective may name what it needs
+    in a ``fsdp1_unsupported`` attribute (why FSDP1's flattened parameters cannot serve it)."""
+    if engine_name(accelerator) != "FSDP1":
+        return
+    for module in objective.modules():
+        reason = getattr(module, "fsdp1_unsupported", None)
+        if reason:
+            raise ConfigError(f"{reason}, which FSDP1's flattened parameters cannot serve: use fsdp_version: 2 "
+                              "(configs/accelerate/fsdp2.yaml) or DDP")
+
+
 def shards_parameters(accelerator: Accelerator) -> bool:
     """True when no rank holds the whole model (FSDP, DeepSpeed ZeRO-3)."""
     if accelerator.distributed_type == DistributedType.FSDP:

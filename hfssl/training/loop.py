@@ -418,6 +418,7 @@ class TrainingRun:
         accelerator.wait_for_everyone()
 
         self.backbone = model
+        engines.check_objective(accelerator, objective)
         module = ObjectiveModule(model, objective).to(self.device)
         # Sharding engines change the modules in place: keep the backbone's structure to rebuild it whole later.
         self._skeleton = engines.meta_skeleton(model) if engines.shards_parameters(accelerator) else None

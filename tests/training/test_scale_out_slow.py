@@ -56,16 +56,30 @@ TEXTBOOK_TASKS = ["rotation", "jigsaw", "relative_position", "colorization", "in
 # Momentum teachers are updated outside the forward, on FSDP2's DTensor shards; FSDP1's flat parameters cannot
 # serve them. Under sharding DINO exports its student (only the trained backbone is gathered).
 SSL_TASKS = [["moco_v3"], ["byol"], ["swav"], ["deepcluster"], ["exemplar"], ["mae"], ["dino", "--export_student"]]
+# The autoencoders' pixel decoders belong to the objective (trained, not exported), under either FSDP.
+AUTOENCODERS = [["autoencoder"], ["denoising_autoencoder"], ["sparse_autoencoder"], ["vae"]]
 
 
 @pytest.mark.parametrize("config, task", [(c, [t]) for c in ("fsdp2", "fsdp1") for t in TEXTBOOK_TASKS]
-                         + [("fsdp2", t) for t in SSL_TASKS], ids=lambda v: v if isinstance(v, str) else v[0])
+                         + [("fsdp2", t) for t in SSL_TASKS] + [("fsdp2", t) for t in AUTOENCODERS]
+                         + [("fsdp1", ["vae"])], ids=lambda v: v if isinstance(v, str) else v[0])
 def test_every_vit_task_under_fsdp(config, task, tmp_path):
     accelerate_launch(config, "vit_pretext.py",
                       ["--pretext_task", *task, "--max_steps", "2", "--eval_steps", "2", "--max_eval_batches", "1",
                        "--knn_monitor_samples", "32", "--checkpointing_steps", "2", "--per_device_train_batch_size", "8",
                        "--output_dir", str(tmp_path / "out")], fsdp_on_cpu=True)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("task", [["dino", "--export_student"], ["moco_v3"], ["byol"]], ids=lambda t: t[0])
+def test_momentum_teachers_under_fsdp1_are_one_line_refusals(task, tmp_path):
+    proc = accelerate_launch("fsdp1", "vit_pretext.py", ["--pretext_task", *task, "--max_steps", "2",
+                                                         "--output_dir", str(tmp_path / "out")],
+                             fsdp_on_cpu=True, check=False)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert lines and all("momentum teacher" in line and "fsdp_version: 2" in line for line in lines), proc.stderr[-3000:]
+    assert "]: Traceback" not in proc.stderr       # no worker traceback (the launcher's own summary follows)
 
 
 def test_deepspeed_zero3_matches_one_process_from_the_same_weights(tokenizer_dir, tmp_path):

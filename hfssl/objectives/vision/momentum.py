@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +48,10 @@ class MomentumTeacher(nn.Module):
     submodule of this one (so of the objective: DDP/FSDP and checkpoints see it). The students themselves are
     referenced, not registered: they belong to the backbone or the objective already.
     """
+
+    #: Read by the loop's engine check (``hfssl.training.engines.check_objective``).
+    fsdp1_unsupported: ClassVar[str] = ("the momentum teacher (dino, moco_v3, byol) is updated from its student's "
+                                        "own parameters, shard by shard")
 
     def __init__(self, students: dict[str, nn.Module], *, base_momentum: float, total_steps: int,
                  accumulation_steps: int = 1, final_momentum: float = 1.0) -> None:
