@@ -200,3 +200,13 @@ def test_fsdp2_run_pushes_to_the_hub_and_the_push_reloads(tokenizer_dir, tmp_pat
     finally:
         hub.process.terminate()
         hub.process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("recipe, flags", [("seq2seq_denoising.py", ["--model_size", "tiny"]),
+                                           ("seq2seq_denoising.py", ["--model_type", "t5", "--model_size", "tiny"]),
+                                           ("word2vec.py", [])], ids=["bart", "t5", "word2vec"])
+def test_seq2seq_and_word2vec_under_fsdp2(recipe, flags, tmp_path):
+    proc = accelerate_launch("fsdp2", recipe, [*flags, "--max_steps", "2", "--checkpointing_steps", "2",
+                                               "--output_dir", str(tmp_path / "out")], fsdp_on_cpu=True)
+    assert "done: step 2" in proc.stdout
+    assert (tmp_path / "out" / "checkpoints" / "step_2").is_dir()
