@@ -25,8 +25,8 @@ from hfssl.objectives.vision.base import (
     scale_grad,
     world_size,
 )
-from hfssl.objectives.vision.corruptions import multi_crop, views
-from hfssl.objectives.vision.distillation import default_local_crop_size
+from hfssl.objectives.vision.corruptions import views
+from hfssl.objectives.vision.distillation import default_local_crop_size, multi_crop_views
 from hfssl.objectives.vision.heads import default_head_width, mlp
 
 __all__ = ["DeepClusterObjective", "SwavObjective", "kmeans", "sinkhorn"]
@@ -118,12 +118,7 @@ class SwavObjective(VisionObjective):
             self.counter.tick()
             with torch.no_grad():  # the prototypes live on the unit sphere (SwAV normalises them every step)
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        globals_, locals_ = multi_crop(self.to_unit(batch["pixel_values"]), generator, self.image_size,
-                                       self.local_size, self.num_local_crops, self.global_scale, self.local_scale)
-        prepared = {"pixel_values": self.normalize(globals_)}
-        if locals_ is not None:
-            prepared["local_pixel_values"] = self.normalize(locals_)
-        return prepared
+        return multi_crop_views(self, batch, generator)
 
     def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"swav": count(batch["pixel_values"], batch["pixel_values"].shape[0] // 2)}

@@ -26,8 +26,8 @@ from hfssl.objectives.vision.base import (
     is_distributed,
 )
 from hfssl.objectives.vision.corruptions import two_views, views
+from hfssl.objectives.vision.distillation import MomentumPairObjective, check_crop_scale
 from hfssl.objectives.vision.heads import default_head_width, mlp
-from hfssl.objectives.vision.momentum import MomentumTeacher
 
 __all__ = ["ContrastiveObjective", "ExemplarObjective", "MocoV3Objective", "nt_xent"]
 
@@ -106,7 +106,7 @@ class ContrastiveObjective(VisionObjective):
         return ObjectiveOutput(loss_sums={"contrastive": loss}, metric_sums={"contrastive/accuracy": correct})
 
 
-class MocoV3Objective(VisionObjective):
+class MocoV3Objective(MomentumPairObjective):
     """MoCo v3 (Chen, Xie & He, 2021): a query encoder against its momentum key encoder, symmetric InfoNCE.
 
     Two views per image (crop, flip, colour jitter, grayscale; solarisation on the second). Query: backbone ->
@@ -128,32 +128,16 @@ class MocoV3Objective(VisionObjective):
         super().__init__(config, image_mean, image_std)
         if temperature <= 0:
             raise ConfigError(f"moco_v3 temperature must be > 0, got {temperature}")
-        if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-            raise ConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         hidden = head_hidden_dim or default_head_width(self.hidden_size)
-        self.temperature, self.crop_scale, self.gather_negatives = temperature, tuple(crop_scale), gather_negatives
+        self.temperature, self.gather_negatives = temperature, gather_negatives
+        self.crop_scale = check_crop_scale("crop_scale", crop_scale)
         self.projector = mlp(self.hidden_size, hidden, projection_dim, 3, last_batch_norm=True)
         self.predictor = mlp(projection_dim, hidden, projection_dim, 2)
-        self.momentum = MomentumTeacher({"backbone": backbone, "projector": self.projector}, base_momentum=teacher_momentum,
-                                        total_steps=max_steps, accumulation_steps=gradient_accumulation_steps)
-
-    def prepare_batch(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
-                      ) -> dict[str, torch.Tensor]:
-        if self.training:
-            self.momentum.step()
-        pair = views(self.to_unit(batch["pixel_values"]), generator, 2, self.image_size, self.crop_scale,
-                     solarize_p=(0.0, 0.2))
-        return {"pixel_values": self.normalize(pair)}
-
-    def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"moco_v3": count(batch["pixel_values"], batch["pixel_values"].shape[0])}
+        self._attach_teacher(backbone, teacher_momentum=teacher_momentum, max_steps=max_steps,
+                             gradient_accumulation_steps=gradient_accumulation_steps)
 
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        x = batch["pixel_values"]
-        queries = F.normalize(self.predictor(self.projector(self.cls_features(model, x))).float(), dim=-1)
-        with torch.no_grad():
-            keys = F.normalize(self.momentum["projector"](self.cls_features(self.momentum["backbone"], x)).float(),
-                               dim=-1)
+        queries, keys = self.online_and_target(model, batch["pixel_values"])
         gather = self.gather_negatives and self.training and torch.is_grad_enabled()
         q1, q2 = queries.chunk(2)
         k1, k2 = keys.chunk(2)
@@ -171,9 +155,6 @@ class MocoV3Objective(VisionObjective):
         logits = queries @ keys.T / self.temperature
         labels = torch.arange(queries.shape[0], device=queries.device) + offset
         return F.cross_entropy(logits, labels, reduction="sum"), correct(logits, labels)
-
-    def before_export(self) -> None:
-        self.momentum.flush()
 
 
 class ExemplarObjective(VisionObjective):

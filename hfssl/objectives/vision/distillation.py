@@ -19,7 +19,8 @@ from hfssl.objectives.vision.corruptions import multi_crop, views
 from hfssl.objectives.vision.heads import DinoHead, default_head_width, mlp
 from hfssl.objectives.vision.momentum import MomentumTeacher
 
-__all__ = ["ByolObjective", "DinoObjective", "default_local_crop_size"]
+__all__ = ["ByolObjective", "DinoObjective", "MomentumPairObjective", "check_crop_scale", "default_local_crop_size",
+           "multi_crop_views"]
 
 
 def default_local_crop_size(image_size: int, patch_size: int) -> int:
@@ -28,10 +29,25 @@ def default_local_crop_size(image_size: int, patch_size: int) -> int:
     return max(2 * patch_size, round(image_size * 96 / 224 / patch_size) * patch_size)
 
 
-def _check_scale(name: str, scale: Sequence[float]) -> tuple[float, float]:
+def check_crop_scale(name: str, scale: Sequence[float]) -> tuple[float, float]:
+    """``scale`` as a ``(low, high)`` float pair of image-area shares, or a one-line ConfigError."""
     if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
         raise ConfigError(f"{name} must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
     return float(scale[0]), float(scale[1])
+
+
+def multi_crop_views(objective: VisionObjective, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+                     ) -> dict[str, torch.Tensor]:
+    """DINO's and SwAV's input: 2 global views per image as ``pixel_values`` and ``num_local_crops`` local ones as
+    ``local_pixel_values`` (absent without local crops), normalised. ``objective`` holds the crop settings
+    (``image_size``, ``local_size``, ``num_local_crops``, ``global_scale``, ``local_scale``)."""
+    globals_, locals_ = multi_crop(objective.to_unit(batch["pixel_values"]), generator, objective.image_size,
+                                   objective.local_size, objective.num_local_crops, objective.global_scale,
+                                   objective.local_scale)
+    prepared = {"pixel_values": objective.normalize(globals_)}
+    if locals_ is not None:
+        prepared["local_pixel_values"] = objective.normalize(locals_)
+    return prepared
 
 
 class DinoObjective(VisionObjective):
@@ -79,8 +95,8 @@ class DinoObjective(VisionObjective):
         if not 0.0 <= center_momentum < 1.0:
             raise ConfigError(f"center_momentum must be in [0, 1), got {center_momentum}")
         self.num_local_crops = num_local_crops
-        self.global_scale = _check_scale("global_crop_scale", global_crop_scale)
-        self.local_scale = _check_scale("local_crop_scale", local_crop_scale)
+        self.global_scale = check_crop_scale("global_crop_scale", global_crop_scale)
+        self.local_scale = check_crop_scale("local_crop_scale", local_crop_scale)
         self.teacher_temperature, self.warmup_teacher_temperature = teacher_temperature, warmup_teacher_temperature
         self.warmup_steps = (max(1, max_steps // 10) if teacher_temperature_warmup_steps is None
                              else teacher_temperature_warmup_steps)
@@ -107,12 +123,7 @@ class DinoObjective(VisionObjective):
                       ) -> dict[str, torch.Tensor]:
         if self.training:
             self.momentum.step()
-        globals_, locals_ = multi_crop(self.to_unit(batch["pixel_values"]), generator, self.image_size,
-                                       self.local_size, self.num_local_crops, self.global_scale, self.local_scale)
-        prepared = {"pixel_values": self.normalize(globals_)}
-        if locals_ is not None:
-            prepared["local_pixel_values"] = self.normalize(locals_)
-        return prepared
+        return multi_crop_views(self, batch, generator)
 
     def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"dino": count(batch["pixel_values"], batch["pixel_values"].shape[0] // 2)}
@@ -152,7 +163,41 @@ class DinoObjective(VisionObjective):
         self.momentum.flush()
 
 
-class ByolObjective(VisionObjective):
+class MomentumPairObjective(VisionObjective):
+    """What BYOL and MoCo v3 share: two augmented views per image (crop, flip, colour jitter, grayscale;
+    solarisation on the second), an online network backbone -> ``projector`` -> ``predictor``, and a target that is
+    the momentum copy of backbone + projector (cosine momentum from ``teacher_momentum`` to 1). Subclasses build the
+    two MLPs, call :meth:`_attach_teacher`, and turn :meth:`online_and_target` into their loss."""
+
+    def _attach_teacher(self, backbone: PreTrainedModel, *, teacher_momentum: float, max_steps: int,
+                        gradient_accumulation_steps: int) -> None:
+        self.momentum = MomentumTeacher({"backbone": backbone, "projector": self.projector}, base_momentum=teacher_momentum,
+                                        total_steps=max_steps, accumulation_steps=gradient_accumulation_steps)
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                      ) -> dict[str, torch.Tensor]:
+        if self.training:
+            self.momentum.step()
+        pair = views(self.to_unit(batch["pixel_values"]), generator, 2, self.image_size, self.crop_scale,
+                     solarize_p=(0.0, 0.2))
+        return {"pixel_values": self.normalize(pair)}
+
+    def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {self.primary_term: count(batch["pixel_values"], batch["pixel_values"].shape[0])}
+
+    def online_and_target(self, model: PreTrainedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised online predictions and (no-grad) momentum targets of the views ``x``, in float32."""
+        online = F.normalize(self.predictor(self.projector(self.cls_features(model, x))).float(), dim=-1)
+        with torch.no_grad():
+            target = F.normalize(self.momentum["projector"](self.cls_features(self.momentum["backbone"], x)).float(),
+                                 dim=-1)
+        return online, target
+
+    def before_export(self) -> None:
+        self.momentum.flush()
+
+
+class ByolObjective(MomentumPairObjective):
     """BYOL (Grill et al., 2020): predict the EMA target's projection of one view from the other.
 
     Two views per image (crop, flip, colour jitter, grayscale; solarisation on the second). Online network:
@@ -169,32 +214,14 @@ class ByolObjective(VisionObjective):
                  head_hidden_dim: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0)) -> None:
         super().__init__(config, image_mean, image_std)
         hidden = head_hidden_dim or default_head_width(self.hidden_size)
-        self.crop_scale = _check_scale("crop_scale", crop_scale)
+        self.crop_scale = check_crop_scale("crop_scale", crop_scale)
         self.projector = mlp(self.hidden_size, hidden, projection_dim, 2)
         self.predictor = mlp(projection_dim, hidden, projection_dim, 2)
-        self.momentum = MomentumTeacher({"backbone": backbone, "projector": self.projector}, base_momentum=teacher_momentum,
-                                        total_steps=max_steps, accumulation_steps=gradient_accumulation_steps)
-
-    def prepare_batch(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
-                      ) -> dict[str, torch.Tensor]:
-        if self.training:
-            self.momentum.step()
-        pair = views(self.to_unit(batch["pixel_values"]), generator, 2, self.image_size, self.crop_scale,
-                     solarize_p=(0.0, 0.2))
-        return {"pixel_values": self.normalize(pair)}
-
-    def target_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"byol": count(batch["pixel_values"], batch["pixel_values"].shape[0])}
+        self._attach_teacher(backbone, teacher_momentum=teacher_momentum, max_steps=max_steps,
+                             gradient_accumulation_steps=gradient_accumulation_steps)
 
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        x = batch["pixel_values"]
-        prediction = F.normalize(self.predictor(self.projector(self.cls_features(model, x))).float(), dim=-1)
-        with torch.no_grad():
-            target = F.normalize(self.momentum["projector"](self.cls_features(self.momentum["backbone"], x)).float(),
-                                 dim=-1)
+        prediction, target = self.online_and_target(model, batch["pixel_values"])
         swapped = torch.cat(target.chunk(2)[::-1])                    # view 1 predicts view 2's target and back
         loss = (2.0 - 2.0 * (prediction * swapped).sum(dim=-1)).sum()
         return ObjectiveOutput(loss_sums={"byol": loss})
-
-    def before_export(self) -> None:
-        self.momentum.flush()
