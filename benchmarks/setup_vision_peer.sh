@@ -19,5 +19,12 @@ if ! "$PEER/bin/python" -c 'import lightly, torchvision, hfssl' 2>/dev/null; the
     grep -v -i -E '^(torch|torchvision)==' constraints.txt > "$PEER/constraints.txt"
     "$PEER/bin/pip" install --quiet -e . -c "$PEER/constraints.txt"
 fi
+if ! "$PEER/bin/python" -c 'import torchvision' 2>/dev/null; then
+    # torchvision's wheel on PyPI is linked against PyPI's (CUDA) torch build; a local CPU-only torch wheel, which
+    # pip prefers when a wheel cache offers "torch 2.13.0+cpu", cannot load its operators ("torchvision::nms does
+    # not exist"). Take torch from PyPI itself, ignoring local pip configuration (the peer's env only).
+    PIP_CONFIG_FILE=/dev/null "$PEER/bin/pip" install --isolated --quiet --index-url https://pypi.org/simple \
+        --force-reinstall "torch==2.13.0" "torchvision==0.28.0"
+fi
 "$PEER/bin/python" -c 'import lightly, torch, torchvision, transformers; print(f"{sys.argv[0] if False else \".venv-peer\"}: lightly {lightly.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, transformers {transformers.__version__}")' 2>/dev/null \
     || "$PEER/bin/python" -c 'import lightly, torch, torchvision, transformers; print("lightly", lightly.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)'
