@@ -13,6 +13,7 @@ from hfssl.models.word2vec import Word2VecConfig, Word2VecModel
 from hfssl.objectives.word2vec import (
     CUM_TABLE_DOMAIN,
     Word2VecObjective,
+    distinct_rows,
     keep_probabilities,
     negative_sampling_table,
     sample_negatives,
@@ -157,17 +158,20 @@ def reference_loss(model, prepared, architecture: str, window: int, cbow_mean: b
     return total, count
 
 
+@pytest.mark.parametrize("block_size", [1, 3, 16])
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
-def test_the_batched_loss_equals_the_pair_by_pair_loss(architecture):
-    model, objective, prepared = model_and_batch(architecture)
+def test_the_batched_loss_equals_the_pair_by_pair_loss(architecture, block_size):
+    # Skip-gram's blocks of centres: one centre, blocks that do not divide the rows (8 words), one block per row.
+    model, objective, prepared = model_and_batch(architecture, block_size=block_size)
     out = objective(model, prepared)
     expected, count = reference_loss(model, prepared, architecture, window=2)
     assert count > 10 and objective.target_counts(prepared)["loss"] == count
     assert out.loss_sums["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
 
 
-def test_skipgram_gradients_are_those_of_the_pair_by_pair_loss():
-    model, objective, prepared = model_and_batch("skipgram", seed=3)
+@pytest.mark.parametrize("block_size", [1, 3, 16])
+def test_skipgram_gradients_are_those_of_the_pair_by_pair_loss(block_size):
+    model, objective, prepared = model_and_batch("skipgram", seed=3, block_size=block_size)
     objective(model, prepared).loss_sums["loss"].backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -207,6 +211,35 @@ def test_cbow_passes_gensims_error_to_every_context_word(cbow_mean):
     loss.backward()
     torch.testing.assert_close(got_in, expected_in, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got_out, vout.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_distinct_rows_inverts_to_the_ids():
+    ids = torch.tensor([[7, 2, 7], [0, 2, 9]])
+    rows, inverse = distinct_rows(ids, 12)
+    assert rows.tolist() == [0, 2, 7, 9]
+    assert torch.equal(rows[inverse].view_as(ids), ids)
+
+
+@pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
+def test_sparse_embeddings_get_one_coalesced_row_per_distinct_word_with_the_dense_gradient(architecture):
+    """With ``sparse=True`` tables (--sparse_updates) the lookups give row-sparse gradients, already summed per
+    word (sorted, one entry per row), equal to the dense gradients (rows absent from the batch: no entry)."""
+    model, objective, prepared = model_and_batch(architecture, seed=4)
+    objective(model, prepared).loss_sums["loss"].backward()
+    dense = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    model.input_embeddings.sparse = model.output_embeddings.sparse = True
+    objective(model, prepared).loss_sums["loss"].backward()
+    for param, expected in zip(model.parameters(), dense):
+        grad = param.grad
+        assert grad.is_sparse and grad.sparse_dim() == 1
+        rows = grad._indices()[0]
+        assert bool((rows[1:] > rows[:-1]).all())  # one entry per row, sorted
+        torch.testing.assert_close(grad.to_dense(), expected, rtol=1e-12, atol=1e-14)
+    # Every row with a non-zero dense gradient is present (untouched rows are the ones absent).
+    for param, expected in zip(model.parameters(), dense):
+        touched = set(param.grad._indices()[0].tolist())
+        assert set(expected.abs().sum(dim=1).nonzero()[:, 0].tolist()) <= touched
 
 
 def test_the_same_generator_state_gives_the_same_batch():

@@ -170,3 +170,28 @@ def test_two_gloo_processes_share_the_blocks_and_train(python_exe, repo_root, co
     assert "done: step 69," in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("nearest to 'colour2'"))
     assert line.count("colour") >= 5, line
+
+
+def test_row_sparse_updates_train_as_dense_adamw(w2v_main, corpus, tmp_path, capsys):
+    """--sparse_updates (auto: on for one CPU process) reads and writes only the touched rows, with the same
+    updates as dense AdamW: the two runs differ by float rounding only."""
+    import numpy as np
+
+    from hfssl.models.word2vec import read_word2vec_format
+
+    runs = {}
+    for choice in ("auto", "false"):
+        out = tmp_path / choice
+        w2v_main(base_args(corpus, out, "--max_steps", "30", "--sparse_updates", choice))
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        runs[choice] = (read_word2vec_format(str(out / "word2vec.bin"), binary=True), logged(out))
+    assert "row-sparse embedding updates (--sparse_updates auto)" in capsys.readouterr().err
+    (words_a, vectors_a), history_a = runs["auto"]
+    (words_b, vectors_b), history_b = runs["false"]
+    assert words_a == words_b
+    np.testing.assert_allclose(np.asarray(vectors_a), np.asarray(vectors_b), atol=2e-4)
+    assert [r["loss"] for r in history_a] == pytest.approx([r["loss"] for r in history_b], rel=1e-4)
+    code, err = one_line_exit(w2v_main, base_args(corpus, tmp_path / "c", "--sparse_updates", "true",
+                                                  "--adam_beta1", "0.9", "--max_steps", "2"), capsys)
+    assert code == 1 and "--sparse_updates true: they equal dense AdamW only with --adam_beta1 0" in err
