@@ -2,7 +2,8 @@
 linear probe, kNN, fine-tuning and LP-FT of each export beside raw pixels and random init, over seeds.
 
     nice -n 10 .venv/bin/python benchmarks/vision_ssl_table.py --workdir /tmp/vtab --budget_cpu_s 150 \
-        --seeds 1,2,3 [--tasks dino,moco_v3,...] [--split writers] [--task_flags 'dino=--num_local_crops 4']
+        --seeds 1,2,3 [--baseline_seeds 1,2,3] [--supervised] [--finetune ''] [--tasks dino,moco_v3,...] \
+        [--split writers] [--task_flags 'dino=--num_local_crops 4']
 
 Equal budget. The machine this was written on has 2 cores shared with other jobs, so wall-clock is noise.
 Every process runs on one thread (``OMP_NUM_THREADS=1``) and the budget is single-thread CPU seconds: each
@@ -15,7 +16,13 @@ no monitors during the timed run (``--eval_steps 0``, no online probe) so the bu
 ``recipes/image_probe.py``'s functions: linear probe (L-BFGS logistic regression on standardised CLS features)
 and weighted kNN (k=20), fine-tuning and LP-FT (``--ft_epochs`` epochs, random crops without flips: a
 mirrored digit is another digit). Baselines from the same functions: raw pixels, random init (one per seed).
-Results are cached per run in ``--workdir``: rerunning the command resumes the table where it stopped.
+``--baseline_seeds`` gives the random-init baselines more seeds than the pretraining runs (they are cheap);
+``--supervised`` adds the supervised-from-scratch reference (a random init fine-tuned, ``--ft_epochs``), the
+ceiling a representation is measured against. Per run, the table also shows the spread and effective rank
+(RankMe) of the export's CLS features on the validation images (collapse: spread near 0, RankMe near 1; the
+random init is the reference) and prints the task's own metrics at the last log (``sparsity/zero_fraction``,
+``vae/kl``...). Results are cached per run in ``--workdir``: rerunning the command resumes the table where it
+stopped, and several invocations with disjoint ``--tasks`` can share one workdir (one per core).
 The last line of stdout is one JSON object.
 """
 
@@ -50,12 +57,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True)
     p.add_argument("--tasks", default=",".join(NEW_TASKS + CLASSIC_TASKS))
     p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--baseline_seeds", default=None,
+                   help="seeds of the random-init baselines and the supervised reference (default: --seeds); they "
+                        "cost little beside pretraining, so more of them narrow the row every task is compared to")
     p.add_argument("--budget_cpu_s", type=float, default=150.0, help="single-thread CPU seconds of pretraining")
     p.add_argument("--builtin_images", default="cluttered_digits")
     p.add_argument("--split", default="writers")
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--ft_epochs", type=float, default=10.0)
     p.add_argument("--finetune", default="finetune,lp_ft", help="which of finetune,lp_ft to run ('' for none)")
+    p.add_argument("--cached_only", action="store_true",
+                   help="train nothing new: the table of the runs already in --workdir (a partial table says how "
+                        "many seeds each row has)")
+    p.add_argument("--supervised", action="store_true",
+                   help="also fine-tune a random init per seed (supervised from scratch, --ft_epochs): the ceiling")
     p.add_argument("--task_flags", action="append", default=[],
                    help="extra recipe flags for one task, 'task=--flag value ...' (repeatable)")
     return p.parse_args(argv)
@@ -148,10 +163,14 @@ def pretrain(args: argparse.Namespace, task: str, seed: int, steps: int, flags: 
         raise SystemExit(f"{task} seed {seed} failed:\n{proc.stderr[-3000:]}")
     history = [json.loads(line) for line in (out / "model" / "metrics.jsonl").read_text().splitlines() if line]
     losses = [r["loss"] for r in history if "loss" in r]
+    # The task's own metrics at the last log (e.g. sparsity/zero_fraction, vae/kl), and a coarse loss curve.
+    last = next((r for r in reversed(history) if "loss" in r), {})
+    task_metrics = {k: v for k, v in last.items() if "/" in k and not k.startswith(("lr", "eval"))}
     record = {"task": task, "seed": seed, "steps": steps, "wall_s": round(time.time() - started, 1),
               "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
               "train_seconds": json.loads((out / "model" / "all_results.json").read_text())["train_runtime"],
-              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+              "loss_curve": [round(v, 4) for v in losses[:: max(1, len(losses) // 5)]], "task_metrics": task_metrics}
     done.write_text(json.dumps(record))
     return record
 
@@ -167,6 +186,34 @@ def probe(args: argparse.Namespace, model_dir: Path, out: Path, baselines: str =
     return run(ImageProbeArguments(model_name_or_path=str(model_dir), train_dir=train_dir,
                                    validation_dir=validation_dir, baselines=baselines, seeds=seeds, init=init,
                                    output_dir=str(out)))
+
+
+def diagnose(args: argparse.Namespace, model_dir: Path, out: Path, init: str = "pretrained", seed: int = 42) -> dict:
+    """Spread and effective rank (RankMe) of the export's CLS features on the validation images: collapse shows."""
+    done = out / "diagnostics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    import torch
+
+    from hfssl.evaluation.image_probe import (
+        ImageProbeArguments,
+        extract_image_features,
+        load_backbone,
+        load_image_processor,
+        load_image_splits,
+    )
+    from hfssl.objectives.vision.monitoring import feature_spread, rankme
+
+    train_dir, validation_dir = data_dirs(args)
+    splits = load_image_splits(ImageProbeArguments(model_name_or_path=str(model_dir), train_dir=train_dir,
+                                                   validation_dir=validation_dir))
+    model, _ = load_backbone(str(model_dir), init, seed)
+    features = extract_image_features(model, load_image_processor(str(model_dir)), splits.validation,
+                                      splits.image_column, "cls", 256, torch.device("cpu"), 0, desc="diagnostics")
+    record = {"feature_spread": round(float(feature_spread(features)), 4), "rankme": round(rankme(features), 2)}
+    out.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(record))
+    return record
 
 
 def finetune(args: argparse.Namespace, model_dir: Path, out: Path, mode: str, seed: int, init: str = "pretrained"
@@ -206,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     tasks = [t for t in args.tasks.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",")]
+    baseline_seeds = [int(s) for s in (args.baseline_seeds or args.seeds).split(",")]
     modes = [m for m in args.finetune.split(",") if m]
     extra = task_flags(args)
     load = os.getloadavg()
@@ -217,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         key = f"{task} {' '.join(extra.get(task, []))}".strip()
         if key not in calibration:
             calibration[key] = cpu_seconds_per_step(task, recipe_options(task, extra.get(task, [])))
+            # Merge with what another invocation sharing the workdir may have written meanwhile.
+            on_disk = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
+            calibration = {**on_disk, **calibration}
             calibration_file.write_text(json.dumps(calibration, indent=1))
         print(f"{task}: {calibration[key]:.3f} CPU s/step -> {int(args.budget_cpu_s / calibration[key])} steps",
               flush=True)
@@ -227,9 +278,12 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{task} {' '.join(extra.get(task, []))}".strip()
             steps = max(10, int(args.budget_cpu_s / calibration[key]))
             out = work / f"{task}-s{seed}"
+            if args.cached_only and not (out / "pretrain.json").exists():
+                continue
             record = pretrain(args, task, seed, steps, extra.get(task, []), out)
             model_dir = out / "model"
             result = probe(args, model_dir, out / "probe")
+            record.update(diagnose(args, model_dir, out / "probe"))
             row = rows.setdefault(task, {})
             row.setdefault("lp", []).append(result["linear_probe"]["accuracy"])
             row.setdefault("knn", []).append(result["knn"]["accuracy"])
@@ -240,19 +294,29 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(record)
             print(json.dumps(record), flush=True)
     # Baselines with the same functions: raw pixels and random init (one per seed), on any export's architecture.
-    reference = work / f"{tasks[0]}-s{seeds[0]}" / "model"
-    base = probe(args, reference, work / "baselines", baselines="pixels,random", seeds=",".join(map(str, seeds)))
+    if not runs:
+        raise SystemExit(f"no run in {work} (--cached_only trains nothing)")
+    reference = work / f"{runs[0]['task']}-s{runs[0]['seed']}" / "model"  # any export: the architecture
+    base = probe(args, reference, work / "baselines", baselines="pixels,random",
+                 seeds=",".join(map(str, baseline_seeds)))
     by_name = {r["name"]: r for r in base["rows"]}
     rows["raw pixels"] = {"lp": [by_name["raw pixels"]["linear_probe"]["mean"]],
                           "knn": [by_name["raw pixels"]["knn"]["mean"]]}
     random_row = by_name["random init (same architecture)"]
     rows["random init"] = {"lp": list(random_row["linear_probe"]["per_seed"].values()),
                            "knn": list(random_row["knn"]["per_seed"].values())}
+    random_stats = [diagnose(args, reference, work / f"baselines/random-s{seed}", "random", seed)
+                    for seed in baseline_seeds]
     for mode in modes:
-        for seed in seeds:
+        for seed in baseline_seeds:
             ft = finetune(args, reference, work / f"random-{mode}-s{seed}", mode, seed, init="random")
             rows["random init"].setdefault(mode, []).append(ft["accuracy"]["mean"])
-    header = ["features", "linear probe", "kNN (k=20)", *modes, "steps", "CPU s"]
+    supervised = []
+    if args.supervised:  # the same runs as the random-init fine-tune column
+        supervised = [finetune(args, reference, work / f"random-finetune-s{seed}", "finetune", seed,
+                               init="random")["accuracy"]["mean"] for seed in baseline_seeds]
+    tasks = [t for t in tasks if t in rows]  # --cached_only: the tasks with at least one run
+    header = ["features", "linear probe", "kNN (k=20)", *modes, "runs", "steps", "CPU s", "spread", "RankMe"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = ["raw pixels", "random init", *sorted(tasks, key=lambda t: -statistics.fmean(rows[t]["lp"]))]
     for name in order:
@@ -260,12 +324,21 @@ def main(argv: list[str] | None = None) -> None:
         mine = [r for r in runs if r["task"] == name]
         steps = str(mine[0]["steps"]) if mine else "-"
         cpu = f"{statistics.fmean(r['cpu_s'] for r in mine):.0f}" if mine else "-"
-        lines.append("| " + " | ".join([name, cell(row["lp"]), cell(row["knn"]),
-                                        *(cell(row.get(m, [])) for m in modes), steps, cpu]) + " |")
+        stats = mine or (random_stats if name == "random init" else [])
+        spread = f"{statistics.fmean(r['feature_spread'] for r in stats):.3f}" if stats else "-"
+        rank = f"{statistics.fmean(r['rankme'] for r in stats):.1f}" if stats else "-"
+        lines.append("| " + " | ".join([name, cell(row["lp"]), cell(row["knn"]), *(cell(row.get(m, [])) for m in modes),
+                                        str(len(row["lp"])), steps, cpu, spread, rank]) + " |")
     print("\n".join(lines))
+    if supervised:
+        print(f"supervised from scratch (random init fine-tuned, {args.ft_epochs:g} epochs): {cell(supervised)}")
+    for r in runs:
+        if r["task_metrics"]:
+            print(f"{r['task']} seed {r['seed']}: " + ", ".join(f"{k} {v:.4g}" for k, v in r["task_metrics"].items()))
     summary = {"budget_cpu_s": args.budget_cpu_s, "split": f"{args.builtin_images}/{args.split}", "seeds": seeds,
                "load_at_start": [round(x, 2) for x in load],
-               "rows": {name: {k: statistics.fmean(v) for k, v in row.items()} for name, row in rows.items()}}
+               "rows": {name: {k: statistics.fmean(v) for k, v in row.items()} for name, row in rows.items()},
+               "supervised": statistics.fmean(supervised) if supervised else None}
     print(json.dumps(summary))
 
 

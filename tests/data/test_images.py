@@ -351,29 +351,38 @@ def cluttered_root(tmp_path_factory) -> str:
 def test_cluttered_digits_are_deterministic_and_split_by_whole_forms(cluttered_root):
     from sklearn.datasets import load_digits
 
-    images, labels = builtin.cluttered_digit_images()
-    again, _ = builtin.cluttered_digit_images()
-    assert images.shape == (1797, 32, 32, 3) and np.array_equal(images, again)
+    n, renderings = 1797, builtin.RENDERINGS
+    images, labels, scans = builtin.cluttered_digit_images()
+    again, _, _ = builtin.cluttered_digit_images()
+    assert images.shape == (n * renderings, 32, 32, 3) and np.array_equal(images, again)
     assert not np.array_equal(images, builtin.cluttered_digit_images(seed=1)[0])
-    assert np.array_equal(labels, load_digits().target)
+    assert np.array_equal(labels, np.tile(load_digits().target, renderings))
+    assert np.array_equal(scans, np.tile(np.arange(n), renderings))
     plain, _ = builtin.digit_images()
-    # The digit moved and shrank or grew: far from the plain scan at its fixed place.
-    assert np.abs(images[..., 0].astype(int) - plain[..., 0]).mean() > 30
-    forms = builtin.digit_forms(labels)
+    # The digit moved and shrank or grew: far from the plain scan at its fixed place, and from its other renderings.
+    assert np.abs(images[:n, ..., 0].astype(int) - plain[..., 0]).mean() > 30
+    assert np.abs(images[:n, ..., 0].astype(int) - images[n:2 * n, ..., 0]).mean() > 30
+    forms = builtin.digit_forms(labels[:n])
     for split, held_out in (("writers", 378), ("random", 359)):
-        mask = builtin.split_indices(split, labels)
+        mask = builtin.split_indices(split, labels[:n])
         assert mask.sum() == held_out
-        files = {part: {int(f[:-4]) for _, _, names in os.walk(os.path.join(cluttered_root, split, part))
-                        for f in names} for part in ("train", "validation")}
-        assert files["validation"] == set(np.flatnonzero(mask)) and len(files["train"]) == 1797 - held_out
-        seen = set(forms[sorted(files["train"])])
+        files = {part: [tuple(map(int, f[:-4].split("_"))) for _, _, names in
+                        os.walk(os.path.join(cluttered_root, split, part)) for f in names]
+                 for part in ("train", "validation")}
+        # Every rendering of a scan on the side of its scan: the held-out scans' renderings only in validation.
+        assert sorted(files["validation"]) == [(i, r) for i in np.flatnonzero(mask) for r in range(renderings)]
+        assert sorted(files["train"]) == [(i, r) for i in np.flatnonzero(~mask) for r in range(renderings)]
+        seen = {forms[i] for i, _ in files["train"]}
         if split == "writers":  # no form (hand) on both sides
-            assert seen.isdisjoint(forms[sorted(files["validation"])])
+            assert seen.isdisjoint({forms[i] for i, _ in files["validation"]})
         else:                  # every form on both sides
-            assert seen == set(forms[sorted(files["validation"])]) == set(range(14))
-    i = int(np.flatnonzero(builtin.split_indices("writers", labels))[0])
-    stored = np.array(PIL.Image.open(os.path.join(cluttered_root, "writers", "validation", str(labels[i]), f"{i}.png")))
-    assert np.array_equal(stored, images[i])
+            assert seen == {forms[i] for i, _ in files["validation"]} == set(range(14))
+    i = int(np.flatnonzero(builtin.split_indices("writers", labels[:n]))[0])
+    for split in ("writers", "random"):
+        stored = np.array(PIL.Image.open(os.path.join(cluttered_root, split, "validation" if split == "writers" else
+                                                      ("validation" if builtin.split_indices("random", labels[:n])[i]
+                                                       else "train"), str(labels[i]), f"{i}_2.png")))
+        assert np.array_equal(stored, images[2 * n + i])
 
 
 def test_data_args_choose_the_builtin_set_and_split(cluttered_root, monkeypatch):
@@ -385,7 +394,7 @@ def test_data_args_choose_the_builtin_set_and_split(cluttered_root, monkeypatch)
 
     monkeypatch.setattr(builtin, "builtin_image_dir", fake_dir)
     args = ImageDataArguments(builtin_images="cluttered_digits", builtin_split="random")
-    assert sum(1 for _ in load_image_dataset_from_args(args, "validation")) == 359
+    assert sum(1 for _ in load_image_dataset_from_args(args, "validation")) == 359 * builtin.RENDERINGS
     assert calls[-1] == ("cluttered_digits", "random")
     for kwargs, message in ((dict(builtin_images="mnist"), "unknown built-in image set 'mnist'"),
                             (dict(builtin_images="cluttered_digits", builtin_split="first_1500"), "has no split"),

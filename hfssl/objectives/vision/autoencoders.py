@@ -239,7 +239,8 @@ class SparseAutoencoderObjective(AutoencoderObjective):
     initialisation, a ReLU's share). A ReLU unit at 0 gets no gradient from the reconstruction, so too strong a
     weight kills the whole code early (Adam moves every bias by about the learning rate whatever the L1
     gradient's scale): on the 32 px digits 0.1 left 91-97% of the units at 0 and 0.1 on a single batch 100%,
-    while 0.01 (the default) settles near 75%. A ``zero_fraction`` of 1.0 means a dead code: lower the weight."""
+    while 0.01 (the default) settled near 75% there and at 43-46% on the cluttered digits (1,800 steps, two
+    seeds). A ``zero_fraction`` of 1.0 means a dead code: lower the weight."""
 
     primary_term = "sparse_autoencoder"
 
