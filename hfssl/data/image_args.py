@@ -51,7 +51,7 @@ class ImageDataArguments:
     )
     builtin_images: Optional[str] = field(default=None, metadata={
         "help": "Without --train_dir/--dataset_name: the built-in set, digits (default: the fast smoke set) or "
-                "cluttered_digits (digits at a random place and scale among clutter: pixels are a poor "
+                "cluttered_digits (digits at a random place and scale among clutter: pixels are a poor linear "
                 "representation there)."})
     builtin_split: Optional[str] = field(default=None, metadata={
         "help": "Split of the built-in set: first_1500 (digits' default), random (a seeded fifth held out) or "
