@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     if supervised:
         print(f"supervised from scratch (random init fine-tuned, {args.ft_epochs:g} epochs): {cell(supervised)}")
     for r in runs:
-        if r["task_metrics"]:
+        if r.get("task_metrics"):  # absent from runs cached before it was recorded
             print(f"{r['task']} seed {r['seed']}: " + ", ".join(f"{k} {v:.4g}" for k, v in r["task_metrics"].items()))
     summary = {"budget_cpu_s": args.budget_cpu_s, "split": f"{args.builtin_images}/{args.split}", "seeds": seeds,
                "load_at_start": [round(x, 2) for x in load],

@@ -214,14 +214,15 @@ def _write_all_splits(name: str) -> Callable[[Path], None]:
         if name == "digits":
             images, labels = digit_images()
             scans, names = np.arange(len(labels)), [f"{i}.png" for i in range(len(labels))]
+            scan_labels = labels
         else:
             images, labels, scans = cluttered_digit_images()
-            n = len(labels) // RENDERINGS
-            names = [f"{i}_{k // n}.png" for k, i in enumerate(scans)]
+            scan_labels = labels[:len(labels) // RENDERINGS]   # rendering 0 holds every scan once, in order
+            names = [f"{i}_{k // len(scan_labels)}.png" for k, i in enumerate(scans)]
         written = None
         for split in BUILTIN_SETS[name]:
             if split != "first_1500":  # a split holds out scans; every rendering of a scan follows it
-                held_out = split_indices(split, labels[:len(labels) // (1 if name == "digits" else RENDERINGS)])
+                held_out = split_indices(split, scan_labels)
                 written = _write_split(root / split, images, labels, held_out[scans], names, same_as=written)
         how = ("8x8 upscaled 4x by pixel repetition" if name == "digits" else
                f"{RENDERINGS} renderings of each scan: the digit resized to {DIGIT_SIDES[0]}-{DIGIT_SIDES[1]} px at "

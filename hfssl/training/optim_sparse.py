@@ -76,7 +76,7 @@ class RowSparseAdamW(torch.optim.Optimizer):
         state["step"] += 1
         step = state["step"]
         exp_avg_sq, last_step = state["exp_avg_sq"], state["last_step"]
-        flat_param = param.view(-1, *param.shape[1:]) if param.dim() else param.view(1)
+        flat_param = param if param.dim() else param.view(1)   # rows along dim 0; a scalar is one row
         flat_v = exp_avg_sq.view_as(flat_param)
         if grad.is_sparse and grad.sparse_dim() != 1:  # sparse elements, not rows: take it whole
             grad = grad.to_dense()
