@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> None:
                                     prepare=lambda pixels: objective.normalize(objective.to_unit(pixels)),
                                     encode=objective.encode, labels_required=False)
         monitors = [monitor] if monitor is not None else []
+        # The collapse check also compares every evaluation with the features before training (a tiny ViT starts
+        # out nearly collapsed). Sharded engines hold no whole model here: they keep the absolute thresholds.
+        if monitors and accelerator.is_main_process and not sharded:
+            objective.to(accelerator.device)  # DINO's encode reads its teacher
+            monitor.measure_start(model.to(accelerator.device))
     num_classes = _num_classes(data_args) if task_args.online_probe else None
     trained = OnlineProbe(objective, num_classes) if num_classes else objective
     export_fn, verify_fn = export_hooks(trained, processor)

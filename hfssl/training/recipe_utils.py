@@ -279,18 +279,22 @@ def build_image_loaders(data_args: Any, args: TrainingArguments, *, image_size: 
     ``--validation_split_images``, the Hub dataset's validation split or the built-in set's).
     """
     from hfssl.data.images import (
+        DecodedImageCache,
         ImageExamples,
         collate_images,
         has_validation_images,
         load_image_dataset_from_args,
     )
 
+    # One cache for both splits: the validation loaders are rebuilt at every evaluation.
+    cache = DecodedImageCache(data_args.image_cache_mb * 2**20)
+
     def examples(split: str) -> ImageExamples:
         # Folders list class after class: stream the training files in a seeded random order.
         return ImageExamples(load_image_dataset_from_args(data_args, split, file_order_seed=args.seed), image_size,
                              image_column_name=data_args.image_column_name,
                              label_column_name=data_args.label_column_name,
-                             num_workers=data_args.preprocessing_num_workers)
+                             num_workers=data_args.preprocessing_num_workers, cache=cache)
 
     # With decoding threads, a background batch thread keeps a batch or two ready while the step runs.
     prefetch = min(2, data_args.preprocessing_num_workers)

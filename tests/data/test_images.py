@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, ViTImageProcessor
 from hfssl.data import StatefulLoader
 from hfssl.data import builtin_images as builtin
 from hfssl.data.images import (
+    DecodedImageCache,
     ImageDataArguments,
     ImageExamples,
     collate_images,
@@ -143,6 +144,33 @@ def test_cursors_restart_right_after_each_example_without_decoding_what_came_bef
         rest = [ex for ex, _ in grid.iter_with_cursors(cursor)]
         _same(rest, [ex for ex, _ in pairs[i + 1 :]])
         assert opened[0] == len(rest)  # the skipped images were never opened
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_decoded_cache_serves_later_epochs_from_memory_identically_within_its_size(grid, opened, num_workers):
+    want = list(grid)
+    one_image = want[0]["pixel_values"].nbytes
+    cached = ImageExamples(grid.dataset, 8, num_workers=num_workers, cache=DecodedImageCache(10**9))
+    opened[0] = 0
+    first, second = list(cached), list(cached)
+    assert opened[0] == 36  # the second epoch opened no file
+    _same(first, want)
+    _same(second, want)
+    assert len(cached.cache) == 36 and cached.cache.used_bytes == 36 * one_image
+    # Full at 10 images: those stay, the other 26 are decoded every epoch; a resumed stream still matches.
+    small = ImageExamples(grid.dataset, 8, num_workers=num_workers, cache=DecodedImageCache(10 * one_image))
+    opened[0] = 0
+    list(small)
+    _same(list(small), want)
+    assert len(small.cache) == 10 and opened[0] == 36 + 26
+    cursor = list(grid.iter_with_cursors())[12][1]
+    _same([ex for ex, _ in small.iter_with_cursors(cursor)], want[13:])
+    # Another size is another entry; rows that carry bytes have no name to cache under.
+    assert DecodedImageCache.key({"path": "a.png", "bytes": None}, 8) != DecodedImageCache.key("a.png", 16)
+    assert DecodedImageCache.key({"path": "a.png", "bytes": b"\x89PNG"}, 8) is None
+    off = ImageExamples(grid.dataset, 8, cache=DecodedImageCache(0))
+    _same(list(off), want)
+    assert len(off.cache) == 0
 
 
 def test_decode_threads_keep_the_order_the_cursors_and_the_errors(grid, tmp_path):

@@ -98,3 +98,36 @@ def test_unlabelled_images_get_the_collapse_monitor_only(tmp_path: Path):
     assert monitor is not None and monitor.bank is None
     with torch.no_grad():
         assert set(monitor(_vit().eval())) == {"feature_spread", "rankme"}
+
+
+def test_features_that_lose_diversity_since_the_start_are_reported_before_they_collapse(caplog):
+    """A tiny ViT starts out nearly collapsed, so the monitor also compares with the features before training:
+    an encoder that pulls images together (here: the image-dependent part of its features halved) is reported
+    while still above the absolute thresholds; one that keeps its spread is not."""
+    from hfssl.evaluation.knn_monitor import COLLAPSE_RANK, COLLAPSE_SPREAD, _cls
+
+    model = _vit()
+    queries = _batches([i % 3 for i in range(30)], noise_seed=1)
+    monitor = KnnMonitor(None, lambda: queries, _prepare)
+    start = monitor.measure_start(model)
+    assert model.training and monitor.start == start                # measured in eval mode, mode restored
+    with torch.no_grad(), caplog.at_level("WARNING", logger="hfssl"):
+        assert monitor(model.eval()) == pytest.approx(start)
+    assert "collaps" not in caplog.text
+
+    def pulled_together(backbone, pixels):
+        features = _cls(backbone, pixels)
+        mean = features.mean(0, keepdim=True)
+        return mean + 0.4 * (features - mean)
+
+    shrinking = KnnMonitor(None, lambda: queries, _prepare, encode=pulled_together)
+    shrinking.start = start
+    with torch.no_grad(), caplog.at_level("WARNING", logger="hfssl"):
+        stats = shrinking(model)
+    assert stats["feature_spread"] > COLLAPSE_SPREAD and stats["rankme"] > COLLAPSE_RANK  # absolute rule silent
+    assert "representation collapsing" in caplog.text and "less diverse than at the start" in caplog.text
+    caplog.clear()
+    no_start = KnnMonitor(None, lambda: queries, _prepare, encode=pulled_together)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="hfssl"):
+        no_start(model)
+    assert "collaps" not in caplog.text                              # without a start, only the absolute rule

@@ -54,7 +54,9 @@ LOGGED = {"sparse_autoencoder": {"loss/sparsity", "sparsity/zero_fraction"}, "va
 def test_every_task_trains_and_exports_a_stock_vit(task: str, recipe, tmp_path: Path, capsys):
     out = tmp_path / task
     recipe.main([*TINY, "--pretext_task", task, "--max_steps", "3", "--logging_steps", "1", "--output_dir", str(out)])
-    assert "done: step 3" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "done: step 3" in captured.out
+    assert "features of the validation images before training: spread" in captured.err  # the collapse reference
     results = json.loads((out / "all_results.json").read_text())
     assert results["global_step"] == 3
     assert torch.isfinite(torch.tensor([results["train_loss"], results["eval_loss"]])).all()
@@ -194,6 +196,7 @@ def test_own_image_folder_with_held_out_images(recipe, tmp_path: Path):
     (["--pretext_task", "denoising_autoencoder", "--noise", "speckle"], "--noise must be one of"),
     (["--pretext_task", "vae", "--beta", "-1"], "--beta must be >= 0"),
     (["--train_dir", "/nonexistent/images"], "/nonexistent/images"),
+    (["--image_cache_mb", "-1"], "--image_cache_mb must be >= 0"),
 ])
 def test_bad_flags_and_inputs_are_one_line_errors(flags: list[str], message: str, recipe, tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
