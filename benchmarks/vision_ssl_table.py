@@ -240,6 +240,16 @@ def data_dirs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ table
+def collapse_flag(stats: dict, start: dict) -> bool:
+    """The kNN monitor's rule (``hfssl.evaluation.knn_monitor``): below the absolute thresholds, or below
+    ``SHRINK_RATIO`` of the features at the start (here: random init, the same architecture)."""
+    from hfssl.evaluation.knn_monitor import COLLAPSE_RANK, COLLAPSE_SPREAD, SHRINK_RATIO
+
+    spread, rank = stats["feature_spread"], stats["rankme"]
+    return (spread < COLLAPSE_SPREAD or rank < COLLAPSE_RANK or spread < SHRINK_RATIO * start["feature_spread"]
+            or rank < SHRINK_RATIO * start["rankme"])
+
+
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -316,7 +326,10 @@ def main(argv: list[str] | None = None) -> None:
         supervised = [finetune(args, reference, work / f"random-finetune-s{seed}", "finetune", seed,
                                init="random")["accuracy"]["mean"] for seed in baseline_seeds]
     tasks = [t for t in tasks if t in rows]  # --cached_only: the tasks with at least one run
-    header = ["features", "linear probe", "kNN (k=20)", *modes, "runs", "steps", "CPU s", "spread", "RankMe"]
+    header = ["features", "linear probe", "kNN (k=20)", *modes, "runs", "steps", "CPU s", "spread", "RankMe",
+              "flagged"]
+    start = {"feature_spread": statistics.fmean(r["feature_spread"] for r in random_stats),
+             "rankme": statistics.fmean(r["rankme"] for r in random_stats)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = ["raw pixels", "random init", *sorted(tasks, key=lambda t: -statistics.fmean(rows[t]["lp"]))]
     for name in order:
@@ -327,8 +340,10 @@ def main(argv: list[str] | None = None) -> None:
         stats = mine or (random_stats if name == "random init" else [])
         spread = f"{statistics.fmean(r['feature_spread'] for r in stats):.3f}" if stats else "-"
         rank = f"{statistics.fmean(r['rankme'] for r in stats):.1f}" if stats else "-"
+        # How many runs the training loop's collapse monitor would report, random init as the start.
+        flagged = f"{sum(collapse_flag(r, start) for r in mine)}/{len(mine)}" if mine else "-"
         lines.append("| " + " | ".join([name, cell(row["lp"]), cell(row["knn"]), *(cell(row.get(m, [])) for m in modes),
-                                        str(len(row["lp"])), steps, cpu, spread, rank]) + " |")
+                                        str(len(row["lp"])), steps, cpu, spread, rank, flagged]) + " |")
     print("\n".join(lines))
     if supervised:
         print(f"supervised from scratch (random init fine-tuned, {args.ft_epochs:g} epochs): {cell(supervised)}")
