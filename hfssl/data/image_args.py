@@ -51,7 +51,7 @@ class ImageDataArguments:
     )
     image_cache_mb: int = field(default=512, metadata={
         "help": "Keep up to this many MB of decoded, resized local images in memory (per process), so later "
-                "epochs skip decoding (on 32-px PNGs decoding is ~1/20 of a tiny-ViT BYOL step); 0 turns it off."})
+                "epochs skip decoding: what small sets of large JPEGs spend most on; 0 turns it off."})
     builtin_images: Optional[str] = field(default=None, metadata={
         "help": "Without --train_dir/--dataset_name: the built-in set, digits (default: the fast smoke set) or "
                 "cluttered_digits (digits at a random place and scale among clutter: pixels are a poor linear "
