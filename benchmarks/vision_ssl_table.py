@@ -241,13 +241,12 @@ def data_dirs(args: argparse.Namespace) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------------------------ table
 def collapse_flag(stats: dict, start: dict) -> bool:
-    """The kNN monitor's rule (``hfssl.evaluation.knn_monitor``): below the absolute thresholds, or below
-    ``SHRINK_RATIO`` of the features at the start (here: random init, the same architecture)."""
+    """The kNN monitor's rule (``hfssl.evaluation.knn_monitor``): below the absolute thresholds, or an effective
+    rank below ``SHRINK_RATIO`` of the one at the start (here: random init, the same architecture)."""
     from hfssl.evaluation.knn_monitor import COLLAPSE_RANK, COLLAPSE_SPREAD, SHRINK_RATIO
 
     spread, rank = stats["feature_spread"], stats["rankme"]
-    return (spread < COLLAPSE_SPREAD or rank < COLLAPSE_RANK or spread < SHRINK_RATIO * start["feature_spread"]
-            or rank < SHRINK_RATIO * start["rankme"])
+    return spread < COLLAPSE_SPREAD or rank < COLLAPSE_RANK or rank < SHRINK_RATIO * start["rankme"]
 
 
 def cell(values: list[float]) -> str:

@@ -102,7 +102,7 @@ def test_unlabelled_images_get_the_collapse_monitor_only(tmp_path: Path):
 
 def test_features_that_lose_diversity_since_the_start_are_reported_before_they_collapse(caplog):
     """A tiny ViT starts out nearly collapsed, so the monitor also compares with the features before training:
-    an encoder that pulls images together (here: the image-dependent part of its features halved) is reported
+    an encoder that pulls images together (here: the image-dependent part of its features shrunk to 0.4) is reported
     while still above the absolute thresholds; one that keeps its spread is not."""
     from hfssl.evaluation.knn_monitor import COLLAPSE_RANK, COLLAPSE_SPREAD, _cls
 
