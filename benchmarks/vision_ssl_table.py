@@ -202,7 +202,7 @@ def diagnose(args: argparse.Namespace, model_dir: Path, out: Path, init: str = "
         load_image_processor,
         load_image_splits,
     )
-    from hfssl.objectives.vision.monitoring import feature_spread, rankme
+    from hfssl.evaluation.knn_monitor import collapse_stats
 
     train_dir, validation_dir = data_dirs(args)
     splits = load_image_splits(ImageProbeArguments(model_name_or_path=str(model_dir), train_dir=train_dir,
@@ -210,7 +210,8 @@ def diagnose(args: argparse.Namespace, model_dir: Path, out: Path, init: str = "
     model, _ = load_backbone(str(model_dir), init, seed)
     features = extract_image_features(model, load_image_processor(str(model_dir)), splits.validation,
                                       splits.image_column, "cls", 256, torch.device("cpu"), 0, desc="diagnostics")
-    record = {"feature_spread": round(float(feature_spread(features)), 4), "rankme": round(rankme(features), 2)}
+    stats = collapse_stats(features)
+    record = {"feature_spread": round(stats["feature_spread"], 4), "rankme": round(stats["rankme"], 2)}
     out.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(record))
     return record
@@ -240,15 +241,6 @@ def data_dirs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ table
-def collapse_flag(stats: dict, start: dict) -> bool:
-    """The kNN monitor's rule (``hfssl.evaluation.knn_monitor``): below the absolute thresholds, or an effective
-    rank below ``SHRINK_RATIO`` of the one at the start (here: random init, the same architecture)."""
-    from hfssl.evaluation.knn_monitor import COLLAPSE_RANK, COLLAPSE_SPREAD, SHRINK_RATIO
-
-    spread, rank = stats["feature_spread"], stats["rankme"]
-    return spread < COLLAPSE_SPREAD or rank < COLLAPSE_RANK or rank < SHRINK_RATIO * start["rankme"]
-
-
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -327,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [t for t in tasks if t in rows]  # --cached_only: the tasks with at least one run
     header = ["features", "linear probe", "kNN (k=20)", *modes, "runs", "steps", "CPU s", "spread", "RankMe",
               "flagged"]
+    from hfssl.evaluation.knn_monitor import collapse_verdict
+
     start = {"feature_spread": statistics.fmean(r["feature_spread"] for r in random_stats),
              "rankme": statistics.fmean(r["rankme"] for r in random_stats)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -340,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         spread = f"{statistics.fmean(r['feature_spread'] for r in stats):.3f}" if stats else "-"
         rank = f"{statistics.fmean(r['rankme'] for r in stats):.1f}" if stats else "-"
         # How many runs the training loop's collapse monitor would report, random init as the start.
-        flagged = f"{sum(collapse_flag(r, start) for r in mine)}/{len(mine)}" if mine else "-"
+        flagged = f"{sum(collapse_verdict(r, start) is not None for r in mine)}/{len(mine)}" if mine else "-"
         lines.append("| " + " | ".join([name, cell(row["lp"]), cell(row["knn"]), *(cell(row.get(m, [])) for m in modes),
                                         str(len(row["lp"])), steps, cpu, spread, rank, flagged]) + " |")
     print("\n".join(lines))

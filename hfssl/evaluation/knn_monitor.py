@@ -53,24 +53,35 @@ _ADVICE = ("the pretext loss can look fine while the encoder maps every image to
            "--learning_rate, check the task's temperature/momentum, or use a larger batch")
 
 
-def feature_stats(features: torch.Tensor) -> dict[str, float]:
+def collapse_stats(features: torch.Tensor) -> dict[str, float]:
     """``{"feature_spread", "rankme"}`` of ``features`` (see :mod:`hfssl.objectives.vision.monitoring`)."""
     from hfssl.objectives.vision.monitoring import feature_spread, rankme
 
     return {"feature_spread": float(feature_spread(features)), "rankme": rankme(features)}
 
 
+def collapse_verdict(stats: Mapping[str, float], start: Mapping[str, float] | None = None) -> str | None:
+    """``"collapsed"`` below the absolute thresholds, ``"collapsing"`` when the effective rank fell below
+    :data:`SHRINK_RATIO` of the ``start`` statistics, else None. ``stats`` as :func:`collapse_stats` gives."""
+    if stats["feature_spread"] < COLLAPSE_SPREAD or stats["rankme"] < COLLAPSE_RANK:
+        return "collapsed"
+    if start and stats["rankme"] < SHRINK_RATIO * start["rankme"]:
+        return "collapsing"
+    return None
+
+
 def collapse_report(features: torch.Tensor, step_hint: str = "", start: Mapping[str, float] | None = None
                     ) -> dict[str, float]:
     """``{"feature_spread", "rankme"}`` of ``features``, with a warning in the log when they are collapsed, or
     (given the ``start`` statistics of the same images) have lost diversity since the start of the run."""
-    stats = feature_stats(features)
+    stats = collapse_stats(features)
     spread, rank = stats["feature_spread"], stats["rankme"]
-    if spread < COLLAPSE_SPREAD or rank < COLLAPSE_RANK:
+    verdict = collapse_verdict(stats, start)
+    if verdict == "collapsed":
         logger.warning("representation collapse%s: the CLS features of %d validation images have spread %.3f "
                        "(about 1 when healthy) and effective rank %.2f of %d: %s", step_hint,
                        features.shape[0], spread, rank, features.shape[1], _ADVICE)
-    elif start and rank < SHRINK_RATIO * start["rankme"]:
+    elif verdict == "collapsing":
         logger.warning("representation collapsing%s: the CLS features of %d validation images are less diverse "
                        "than at the start of the run (spread %.3f -> %.3f, effective rank %.2f -> %.2f of %d): "
                        "training is pulling images together, not apart; %s", step_hint, features.shape[0],
@@ -101,7 +112,7 @@ class KnnMonitor:
         backbone.eval()
         try:
             with torch.no_grad():
-                self.start = feature_stats(self._features(backbone, self.queries())[0])
+                self.start = collapse_stats(self._features(backbone, self.queries())[0])
         finally:
             backbone.train(was_training)
         logger.info("CLS features of the validation images before training: spread %.3f, effective rank %.2f "
@@ -170,5 +181,5 @@ def image_knn_monitor(data_args: Any, *, image_size: int, seed: int, samples: in
     return KnnMonitor(batches("train", samples), batches("validation", samples), prepare, encode=encode)
 
 
-__all__ = ["COLLAPSE_RANK", "COLLAPSE_SPREAD", "SHRINK_RATIO", "KnnMonitor", "collapse_report", "feature_stats",
-           "image_knn_monitor"]
+__all__ = ["COLLAPSE_RANK", "COLLAPSE_SPREAD", "SHRINK_RATIO", "KnnMonitor", "collapse_report", "collapse_stats",
+           "collapse_verdict", "image_knn_monitor"]

@@ -27,7 +27,9 @@ def test_calibration_flags_and_cells():
     assert 0 < cheap < dear                     # two views per image cost more than one rotated image
     assert table.cell([0.5]) == "50.0" and table.cell([0.5, 0.7]) == "60.0 ± 14.1" and table.cell([]) == "-"
     # The flagged column applies the training monitor's rule, random init as the start (figures of the RESULTS table).
+    from hfssl.evaluation.knn_monitor import collapse_verdict
+
     start = {"feature_spread": 0.071, "rankme": 2.5}
-    assert [table.collapse_flag({"feature_spread": s, "rankme": r}, start)
+    assert [collapse_verdict({"feature_spread": s, "rankme": r}, start) is not None
             for s, r in [(0.144, 5.1), (0.763, 30.2), (0.055, 1.9), (0.060, 1.6), (0.019, 1.4), (0.07, 2.4),
                          (0.058, 2.5)]] == [False, False, True, True, True, False, False]
