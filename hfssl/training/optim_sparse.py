@@ -87,11 +87,14 @@ class RowSparseAdamW(torch.optim.Optimizer):
             if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
                 grad = grad.coalesce()
                 rows = grad._indices()[0]
-            values = grad._values().to(param.dtype)
+            # The kernel below overwrites its exp_avg argument, these values: a sparse gradient's own values may
+            # go (the loop drops the gradient after the step), a dense .grad may not, so that one is copied.
+            values = grad._values().to(param.dtype).contiguous()
             rows_param, v = flat_param.index_select(0, rows), flat_v.index_select(0, rows)
             missed = step - 1 - last_step.index_select(0, rows)
         else:
-            rows, values = None, grad.reshape_as(flat_param).to(param.dtype)
+            rows, values = None, grad.reshape_as(flat_param).to(param.dtype, memory_format=torch.contiguous_format,
+                                                                copy=True)
             rows_param, v = flat_param, flat_v
             missed = step - 1 - last_step
         # The beta2 decays of the steps a row sat out (zero gradient: dense AdamW only decays its v), then this
@@ -101,7 +104,6 @@ class RowSparseAdamW(torch.optim.Optimizer):
             decay = torch.pow(torch.full(missed.shape, beta2, dtype=param.dtype, device=param.device),
                               missed.to(param.dtype))
             v.mul_(decay.view(-1, *([1] * (v.dim() - 1))))
-        values = values.contiguous() if values.data_ptr() != grad_data_ptr(param) else values.clone()
         torch._fused_adamw_([rows_param], [values], [values], [v], [],
                             [torch.tensor(float(step), dtype=torch.float32, device=param.device)],
                             lr=lr, beta1=0.0, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
@@ -111,12 +113,6 @@ class RowSparseAdamW(torch.optim.Optimizer):
             flat_param.index_copy_(0, rows, rows_param)
             flat_v.index_copy_(0, rows, v)
             last_step.index_fill_(0, rows, step)
-
-
-def grad_data_ptr(param: torch.Tensor) -> int:
-    """The address of ``param``'s dense gradient (the kernel overwrites its exp_avg argument: never the .grad)."""
-    grad = param.grad
-    return grad.data_ptr() if grad is not None and not grad.is_sparse else -1
 
 
 __all__ = ["RowSparseAdamW", "has_sparse_embeddings"]
