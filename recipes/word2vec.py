@@ -102,7 +102,9 @@ def use_sparse_updates(choice: str, args: TrainingArguments, accelerator) -> boo
         blockers.append("they equal dense AdamW only with --adam_beta1 0 and --weight_decay 0")
     if args.max_grad_norm > 0:
         blockers.append("gradient clipping (--max_grad_norm) needs dense gradients")
-    if accelerator.num_processes > 1 or accelerator.distributed_type.value != "NO":
+    from accelerate.utils import DistributedType
+
+    if accelerator.num_processes > 1 or accelerator.distributed_type != DistributedType.NO:
         blockers.append("they are implemented for one process (several processes sync dense gradients)")
     if args.mixed_precision == "fp16":
         blockers.append("fp16's gradient scaler needs dense gradients")
